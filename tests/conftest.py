@@ -1,0 +1,74 @@
+"""Shared fixtures: small real-format inputs made on the fly, never mocks of the libraries."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Keep TF quiet and the tools off the network in every test process (and the subprocesses they start).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SHARED_WEIGHTS = SHARED / "weights"
+MOBILENET_V2_035 = SHARED_WEIGHTS / "mobilenet_v2_0.35_224_no_top.weights.h5"
+
+
+def synthetic_images(n: int, size: int, label: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Class-dependent, learnable uint8 images: each class has its own colour and stripe pattern."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i, c in enumerate(label):
+        base = np.array([(37 * (c + 1)) % 256, (91 * (c + 2)) % 256, (53 * (c + 3)) % 256], np.float32)
+        stripes = 60 * np.sin((xx * (c % 3 + 1) + yy * (c // 3 + 1)) / 2.0)
+        img = base + stripes[..., None] + rng.normal(0, 12, (size, size, 3))
+        out[i] = np.clip(img, 0, 255).astype(np.uint8)
+    return out
+
+
+def write_prepared(
+    prepared: Path,
+    classes: list[str],
+    per_class: dict[str, int] | None = None,
+    size: int = 32,
+    seed: int = 0,
+) -> None:
+    """Write a prepared-data directory in the ingest stage's format (stages/dataset.py)."""
+    from stages.dataset import fingerprint, images_file, labels_file
+
+    per_class = per_class or {"train": 20, "val": 5, "test": 5}
+    prepared.mkdir(parents=True, exist_ok=True)
+    counts, prints, rows = {}, {}, []
+    for k, (split, n) in enumerate(per_class.items()):
+        y = np.repeat(np.arange(len(classes)), n).astype(np.int64)
+        x = synthetic_images(len(y), size, y, seed=seed + 101 * k)
+        np.save(images_file(prepared, split), x)
+        np.save(labels_file(prepared, split), y)
+        counts[split], prints[split] = len(y), fingerprint(x, y)
+        rows += [f"{split},{i},{c},{classes[c]},{split}{i},synthetic" for i, c in enumerate(y)]
+    (prepared / "dataset.json").write_text(
+        json.dumps(
+            {
+                "classes": classes,
+                "image_shape": [size, size, 3],
+                "counts": counts,
+                "fingerprints": prints,
+                "source": {"kind": "synthetic"},
+            }
+        )
+    )
+    (prepared / "manifest.csv").write_text("split,index,label,class_name,sha256,source\n" + "\n".join(rows) + "\n")
+
+
+@pytest.fixture
+def prepared_dir(tmp_path: Path) -> Path:
+    """A project root with small prepared data of 3 classes at 32×32."""
+    write_prepared(tmp_path / "data" / "prepared", ["cat", "dog", "frog"])
+    return tmp_path
