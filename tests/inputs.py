@@ -1,0 +1,79 @@
+"""Small inputs in the real formats: CIFAR python tarballs and class-folder trees of PNG/JPEG."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tests.conftest import synthetic_images
+
+
+def cifar_batch(images: np.ndarray, labels: list[int], name: str) -> bytes:
+    """A batch in the real layout: dict of bytes keys, data as N×3072 uint8 (channel-major)."""
+    data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    d = {b"batch_label": name.encode(), b"labels": list(labels), b"data": data, b"filenames": [b"x.png"] * len(labels)}
+    return pickle.dumps(d, protocol=2)
+
+
+def make_cifar_tarball(path: Path, per_batch: int = 40, test: int = 50, seed: int = 0, bad_label: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """cifar-10-python.tar.gz with 5 training batches and a test batch; returns the train arrays."""
+    rng = np.random.default_rng(seed)
+    members: dict[str, bytes] = {}
+    xs, ys = [], []
+    for b in range(1, 6):
+        y = np.tile(np.arange(10), per_batch // 10 + 1)[:per_batch]
+        rng.shuffle(y)
+        x = synthetic_images(per_batch, 32, y, seed=seed + b)
+        if bad_label and b == 3:
+            y = y.copy()
+            y[0] = 10
+        members[f"cifar-10-batches-py/data_batch_{b}"] = cifar_batch(x, y.tolist(), f"training batch {b}")
+        xs.append(x)
+        ys.append(y)
+    yt = np.tile(np.arange(10), test // 10)
+    members["cifar-10-batches-py/test_batch"] = cifar_batch(synthetic_images(len(yt), 32, yt, seed=seed + 99), yt.tolist(), "test")
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    members["cifar-10-batches-py/batches.meta"] = pickle.dumps({b"label_names": [n.encode() for n in names]}, protocol=2)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, blob in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def save_image(path: Path, array: np.ndarray, mode: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(array)
+    if mode:
+        img = img.convert(mode)
+    img.save(path, quality=95) if path.suffix.lower() in (".jpg", ".jpeg") else img.save(path)
+
+
+def make_class_tree(
+    root: Path,
+    classes: list[str],
+    per_class: dict[str, int],
+    size: int = 16,
+    seed: int = 0,
+    fmt: str = "png",
+) -> Path:
+    """`<split>/<class>/NNNN.<fmt>` images, learnable per class, distinct from each other."""
+    for k, (split, n) in enumerate(per_class.items()):
+        for c, cls in enumerate(classes):
+            imgs = synthetic_images(n, size, np.full(n, c), seed=seed + 1000 * k + c)
+            for i, img in enumerate(imgs):
+                save_image(root / split / cls / f"{i:04d}.{fmt}", img)
+    return root
+
+
+def tar_tree(root: Path, archive: Path) -> Path:
+    with tarfile.open(archive, "w:gz") as tar:
+        for p in sorted(root.iterdir()):
+            tar.add(p, arcname=p.name)
+    return archive
