@@ -1,0 +1,129 @@
+"""The flows' own decisions, without a Prefect server: DAG order from DVC, which stages an override
+touches, DVC's report lines, overrides, retries, the leaderboard's reading of `dvc exp show`."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows import dvc_runner
+from flows.compare import Entry, escaping_path_overrides, leaderboard_row, set_params
+from flows.overrides import OverrideError, apply_overrides, override_keys
+from flows.pipeline import headline, retries_for
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def pipe() -> dvc_runner.Pipeline:
+    return dvc_runner.read_pipeline(REPO)
+
+
+def test_stages_come_from_dvc_yaml_in_dag_order(pipe) -> None:
+    declared = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
+    assert sorted(pipe.order) == sorted(declared)
+    for stage, upstream in pipe.upstream.items():
+        assert all(pipe.order.index(u) < pipe.order.index(stage) for u in upstream)
+    assert pipe.order[:2] == ("ingest", "validate")
+    assert pipe.select(["validate"]) == ("ingest", "validate")
+    assert pipe.metrics["evaluate"] == ("reports/evaluate/metrics.json",)
+    with pytest.raises(dvc_runner.UnknownStageError, match="unknown stage 'evalute': dvc.yaml defines ingest, "):
+        pipe.select(["evalute"])
+
+
+def test_a_backbone_override_leaves_the_data_stages_shared(pipe) -> None:
+    affected = pipe.affected_by(override_keys(["backbone=mobilenet", "model.alpha=0.5"]))
+    assert "ingest" not in affected and "validate" not in affected
+    assert {"train", "finetune", "evaluate", "export", "benchmark"} <= set(affected)
+    assert pipe.affected_by(override_keys(["data.limit.train=10"]))[:2] == ("ingest", "validate")
+
+
+def test_paths_leaving_the_project_become_absolute_for_the_stages_that_rerun(tmp_path, pipe) -> None:
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "params.yaml").write_text(
+        yaml.safe_dump({"data": {"path": "../images.tar.gz"}, "model": {"weights_dir": "../weights", "weights": "none"}})
+    )
+    assert escaping_path_overrides(root, pipe, ["train"]) == [f"model.weights_dir={tmp_path / 'weights'}"]
+    assert f"data.path={tmp_path / 'images.tar.gz'}" in escaping_path_overrides(root, pipe, ["ingest", "train"])
+    # A user's own value for such a key wins over the fix.
+    entry = Entry("mobilenet", "m", ("backbone=mobilenet", "model.weights_dir=/mirror"))
+    fix = [f"model.weights_dir={tmp_path / 'weights'}", f"data.path={tmp_path / 'images.tar.gz'}"]
+    assert set_params(entry, fix) == [
+        "-S", "backbone=mobilenet", "-S", "model.weights_dir=/mirror", "-S", f"data.path={tmp_path / 'images.tar.gz'}"
+    ]  # fmt: skip
+
+
+def test_dvc_report_lines_say_what_happened_to_a_stage() -> None:
+    assert dvc_runner.stage_outcome("train", ["Running stage 'train':", "> python -m stages.train"]) == "ran"
+    assert dvc_runner.stage_outcome("train", ["Stage 'train' didn't change, skipping"]) == "skipped"
+    assert dvc_runner.stage_outcome("train", ["Stage 'train' is cached - skipping run, checking out outputs"]) == "restored"
+    assert dvc_runner.stage_outcome("train", ["Stage 'training' didn't change, skipping"]) is None
+    out = ["noise"] * 300 + ["error: data.path: x does not exist", "  - detail", "ERROR: failed to reproduce 'ingest'"]
+    assert dvc_runner.failure_reason(out).splitlines() == out[-3:]
+
+
+def test_overrides_are_checked_before_params_yaml_changes(tmp_path) -> None:
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    before = (tmp_path / "params.yaml").read_text()
+    for bad, message in [
+        ("train.epochs", "override 'train.epochs' is malformed"),
+        ("train.epochs=1,2", "override 'train.epochs=1,2' is a sweep"),
+        ("train.epochs=-1", "train.epochs: Input should be greater than 0"),
+        ("backbone=alexnet", "backbone='alexnet' is not a known backbone"),
+        ("other.yaml:seed=1", "params file"),
+    ]:
+        with pytest.raises(OverrideError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            apply_overrides(tmp_path, ["seed=3", bad])
+        assert (tmp_path / "params.yaml").read_text() == before
+    apply_overrides(tmp_path, ["train.epochs=3", "backbone=mobilenet"])
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    assert params["train"]["epochs"] == 3 and params["backbone"] == "mobilenet"
+    assert "# Every hyperparameter" in (tmp_path / "params.yaml").read_text()  # comments kept, as `dvc exp run -S` does
+
+
+def test_only_a_download_is_retried() -> None:
+    assert retries_for("ingest", {"data": {"source": "keras"}}) == 3
+    assert retries_for("ingest", {"data": {"source": "folder"}}) == 0
+    assert retries_for("train", {"data": {"source": "keras"}}) == 0
+
+
+def test_benchmark_headline_keeps_the_headline_batch() -> None:
+    metrics = {
+        "headline_batch": 32,
+        "throughput": {"onnx-fp32": {"b1": 10.0, "b32": 300.0}, "keras": {"b1": 5.0, "b32": 100.0}},
+        "latency_p50_ms": {"onnx-fp32": {"b1": 1.0, "b32": 9.0}},
+        "speedup": {"onnx-fp32_vs_keras": 3.0},
+    }
+    assert headline("benchmark", metrics) == {
+        "headline_batch": 32,
+        "throughput.onnx-fp32": 300.0,
+        "throughput.keras": 100.0,
+        "latency_p50_ms.onnx-fp32": 9.0,
+        "speedup": {"onnx-fp32_vs_keras": 3.0},
+    }
+
+
+def test_leaderboard_row_reads_an_experiment_of_dvc_exp_show() -> None:
+    exp = {
+        "state": "success",
+        "data": {
+            "metrics": {
+                "reports/evaluate/metrics.json": {"data": {"accuracy": 0.91}},
+                "reports/benchmark/metrics.json": {"data": {"headline_batch": 32, "throughput": {"onnx-fp32": {"b32": 812.5}}}},
+                "reports/train/metrics.json": {"data": {"total_seconds": 100.0}},
+                "reports/finetune/metrics.json": {"data": {"total_seconds": 250.5}},
+            },
+            "outs": {"models/model.onnx": {"size": 9 * 2**20}},
+        },
+    }
+    entry = Entry("mobilenet", "mobilenet-20260101-000000", ("backbone=mobilenet", "train.epochs=5"))
+    row = leaderboard_row(entry, exp, run_s=400.0)
+    assert row == {
+        "backbone": "mobilenet", "experiment": "mobilenet-20260101-000000", "status": "success", "accuracy": 0.91,
+        "model_mb": 9.0, "throughput_img_s": 812.5, "throughput_batch": 32, "train_s": 350.5, "run_s": 400.0,
+        "overrides": "train.epochs=5", "error": None,
+    }  # fmt: skip
+    assert leaderboard_row(entry, None, error="error: out of memory\ntraceback")["status"] == "failed"
