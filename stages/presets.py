@@ -1,0 +1,111 @@
+"""Named parameter presets (presets/<name>.yaml) as `dvc exp run -S key=value` overrides.
+
+params.yaml is the CPU preset; a preset file holds only what differs from it. Printing the
+overrides (instead of switching files) keeps every run a DVC experiment over the same
+params.yaml, comparable in `dvc exp show`:
+
+    python -m stages.presets                    # list the presets
+    python -m stages.presets gpu                # -S backbone=convnext_tiny -S model.image_scale=1.0 ...
+    python -m stages.presets gpu --command      # the whole `dvc exp run -n gpu -S ...` line
+    python -m stages.presets gpu | xargs dvc exp run -n gpu
+
+A preset is checked against the schema (merged over params.yaml) before anything is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stages.params import DEFAULT_PARAMS, Params, ParamsError, _deep_merge, parse_params
+
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
+
+
+def available(directory: Path = PRESETS_DIR) -> dict[str, str]:
+    """Preset name → its first comment line."""
+    out = {}
+    for path in sorted(directory.glob("*.yaml")):
+        first = next((line[1:].strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+        out[path.stem] = first
+    return out
+
+
+def load_preset(name: str, directory: Path = PRESETS_DIR) -> dict[str, Any]:
+    path = directory / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"preset {name!r} not found in {directory}; expected one of: {', '.join(available(directory))}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of params.yaml keys")
+    return raw
+
+
+def apply(preset: dict[str, Any], base: dict[str, Any]) -> Params:
+    """The params a preset gives over `base` (a params.yaml mapping), validated."""
+    return parse_params(_deep_merge(base, preset), "preset")
+
+
+def overrides(preset: dict[str, Any], base: dict[str, Any] | None = None) -> list[str]:
+    """`key=value` strings in DVC's -S (Hydra) syntax, one per leaf of the preset that differs
+    from `base` (params.yaml as read; None: every leaf)."""
+    current = dict(_leaves(base)) if base else {}
+    return [
+        f"{key}={_hydra_value(value)}"
+        for key, value in _leaves(preset)
+        if base is None or key not in current or current[key] != value
+    ]
+
+
+def _leaves(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.extend(_leaves(v, f"{prefix}{k}."))
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+def _hydra_value(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_hydra_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{}"
+    return str(v)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.presets", description=__doc__.splitlines()[0])
+    parser.add_argument("name", nargs="?", help="preset name (presets/<name>.yaml); none: list them")
+    parser.add_argument("--command", action="store_true", help="print the whole `dvc exp run` command")
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="the params.yaml the preset applies to")
+    args = parser.parse_args(argv)
+    if not args.name:
+        for name, about in available().items():
+            print(f"{name:22s} {about}")
+        return
+    try:
+        preset = load_preset(args.name)
+        base = yaml.safe_load(Path(args.params).read_text()) if Path(args.params).is_file() else {}
+        apply(preset, base or {})
+    except (ParamsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    words = [w for kv in overrides(preset, base or None) for w in ("-S", shlex.quote(kv))]
+    if args.command:
+        words = ["dvc", "exp", "run", "-n", args.name, *words]
+    print(" ".join(words))
+
+
+if __name__ == "__main__":
+    main()
