@@ -175,17 +175,31 @@ def artifact(flow_run_id: UUID, key: str) -> Any:
     return json.loads(data) if isinstance(data, str) and data[:1] in "[{" else data
 
 
-def log_text(flow_run_id: UUID) -> str:
-    """Every log line of a flow run and its task runs, as the Prefect UI shows them."""
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+def log_text(flow_run_id: UUID, expect: tuple[str, ...] = (), timeout: float = 30) -> str:
+    """Every log line of a flow run and its task runs, as the Prefect UI shows them.
 
-    lines: list[str] = []
-    with client() as c:
-        while True:
-            page = c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200, offset=len(lines))
-            lines += [log.message for log in page]
-            if len(page) < 200:
-                return "\n".join(lines)
+    Prefect ships logs to the server in the background, so the last lines of a run may reach it
+    after the run's final state: flush, then wait (up to `timeout`) for the lines in `expect`.
+    """
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler.flush()
+    deadline = time.monotonic() + timeout
+    while True:
+        lines: list[str] = []
+        with client() as c:
+            while True:
+                page = c.read_logs(
+                    LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200, offset=len(lines)
+                )
+                lines += [log.message for log in page]
+                if len(page) < 200:
+                    break
+        text = "\n".join(lines)
+        if all(e in text for e in expect) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.5)
 
 
 def next_scheduled_run(deployment_id: UUID, timeout: float = 30) -> Any:
@@ -237,7 +251,7 @@ def test_pipeline_flow_runs_every_stage_of_dvc_yaml_as_a_task(project) -> None:
     assert set(yaml.safe_load((root / "dvc.lock").read_text())["stages"]) == set(stages)
     assert "up to date" in run(root, "dvc", "status")
 
-    logs = log_text(state.state_details.flow_run_id)
+    logs = log_text(state.state_details.flow_run_id, expect=("Running stage 'train'", "python -m stages.train"))
     assert "Running stage 'train'" in logs and "python -m stages.train" in logs  # stage output streamed
     metrics = {(r["stage"], r["metric"]): r["value"] for r in artifact(state.state_details.flow_run_id, "pipeline-metrics")}
     evaluate = json.loads((root / "reports/evaluate/metrics.json").read_text())
@@ -269,11 +283,23 @@ def test_failing_stage_fails_the_flow_with_its_error_and_a_rerun_resumes_from_ca
     root, _ = project
     head_model = root / "models" / "head.keras"
     before = head_model.stat().st_mtime_ns
+    params_file = root / "params.yaml"
+    original = params_file.read_text()
+    try:
+        _fail_then_fix(root, head_model, before)
+    finally:
+        # The project is shared by the tests after this one: never leave it rejecting its data.
+        params_file.write_text(original)
+
+
+def _fail_then_fix(root: Path, head_model: Path, before: int) -> None:
+    from flows.pipeline import pipeline
+
     # Every image now counts as blank: validation rejects the data.
     failed = pipeline(project_dir=str(root), overrides=["validate.pixel_std_min=250"], return_state=True)
     assert failed.is_failed()
     assert "expectations failed" in failed.message and "pixel_std" in failed.message
-    logs = log_text(failed.state_details.flow_run_id)
+    logs = log_text(failed.state_details.flow_run_id, expect=("error: data/prepared:", "pixel_std"))
     assert "error: data/prepared:" in logs and "pixel_std" in logs  # the stage's own error, in the Prefect logs
     done = outcomes(failed.state_details.flow_run_id)
     assert done["ingest"] == "skipped" and done["validate"] == "failed"
