@@ -1,0 +1,153 @@
+"""Export stage on a tiny real model: tf2onnx, onnxruntime parity, fp16 and int8 variants, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages import export
+from stages.dataset import load_info, load_split
+from stages.model_io import ModelError, keras_predict, load_keras_model
+from stages.onnx_io import CPU, INPUT_NAME, OUTPUT_NAME, ProviderError, gpu_device_present, open_model
+from stages.params import ParityParams, with_overrides
+from stages.paths import Paths
+from tests.tiny_models import CLASSES, tiny_params, tiny_project
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return tiny_project(tmp_path_factory)
+
+
+def fresh_copy(project: Path, dest: Path) -> Path:
+    """Data and model.keras only: no exported outputs yet."""
+    shutil.copytree(project / "data" / "prepared", dest / "data" / "prepared")
+    (dest / "models").mkdir(parents=True)
+    shutil.copy(project / "models" / "model.keras", dest / "models" / "model.keras")
+    return dest
+
+
+def test_export_writes_uint8_onnx_with_variants_and_parity(project: Path) -> None:
+    import onnx
+
+    paths = Paths(project)
+    metrics = json.loads((paths.reports("export") / "metrics.json").read_text())
+    assert metrics["parity"]["passed"] and metrics["parity"]["images"] == 24
+    assert metrics["parity"]["max_abs_diff"] < 1e-4 and metrics["parity"]["top1_agreement"] == 1.0
+    assert set(metrics["variants"]) == {"fp32", "fp16", "int8"}
+
+    proto = onnx.load(str(paths.onnx_model))
+    (inp,), (out,) = proto.graph.input, proto.graph.output
+    assert (inp.name, out.name) == (INPUT_NAME, OUTPUT_NAME)
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert dims == ["batch", 32, 32, 3]
+    assert proto.opset_import[0].version == 17
+    assert json.loads({p.key: p.value for p in proto.metadata_props}["classes"]) == CLASSES
+
+    # Every variant opens, takes the same uint8 input and agrees with float32 on this easy data.
+    info = load_info(paths.prepared)
+    x, y = load_split(paths.prepared, "test")
+    fp32 = open_model(paths.onnx_model, info=info).predict(x, 16)
+    for variant in ("fp16", "int8"):
+        path = export.variant_path(paths, variant)
+        model = open_model(path, info=info)
+        assert model.input_dtype == np.uint8
+        probs = model.predict(x, 5)  # a batch size that leaves a remainder
+        assert probs.shape == (len(x), len(CLASSES))
+        assert np.abs(probs - fp32).max() < 0.1
+        assert metrics["variants"][variant]["accuracy"] == pytest.approx(float((probs.argmax(1) == y).mean()))
+    # The tiny head learnt something, so accuracies are not all chance.
+    assert metrics["variants"]["fp32"]["accuracy"] > 0.5
+    assert not list(paths.models.glob(".export-*")), "scratch directory left behind"
+
+
+def test_int8_qoperator_and_entropy_variants_run(project: Path, tmp_path: Path) -> None:
+    paths = Paths(project)
+    calib = export.calibration_images(paths, 16, seed=0)
+    base = tiny_params().export.int8
+    for fmt, method in (("qoperator", "minmax"), ("qdq", "entropy")):
+        out = tmp_path / f"{fmt}-{method}.onnx"
+        export.to_int8(paths.onnx_model, out, calib, base.model_copy(update={"format": fmt, "method": method}), 8)
+        probs = open_model(out, info=load_info(paths.prepared)).predict(calib[:4], 4)
+        assert probs.shape == (4, len(CLASSES))
+
+
+def test_parity_failure_fails_the_stage_and_writes_nothing(project: Path, tmp_path: Path) -> None:
+    root = fresh_copy(project, tmp_path)
+    # float32 round-off (~1e-7) is above this limit: a real parity failure, not a mocked one.
+    params = with_overrides(tiny_params(), export={"parity": {"max_abs_diff": 1e-12}, "variants": []})
+    with pytest.raises(export.ParityError, match=r"parity failed on 24 test images: max \|Δprob\|"):
+        export.run(params, Paths(root))
+    assert not (root / "models" / "model.onnx").exists()
+    assert not (root / "models" / "variants").exists()
+    assert not (root / "reports").exists()
+    assert sorted(p.name for p in (root / "models").iterdir()) == ["model.keras"]
+
+
+def test_check_parity_catches_top1_disagreement() -> None:
+    a = np.array([[0.6, 0.4], [0.3, 0.7]], np.float32)
+    limits = ParityParams(images=2, max_abs_diff=0.5, min_top1_agreement=0.999)
+    assert export.check_parity(a, a + 0.0, limits)["passed"]
+    with pytest.raises(export.ParityError, match="top-1 agreement 0.0000"):
+        export.check_parity(a, a[:, ::-1].copy(), limits)
+
+
+def test_missing_and_corrupt_keras_model(prepared_dir: Path) -> None:
+    paths = Paths(prepared_dir)
+    with pytest.raises(ModelError, match="model.keras: model not found; run the finetune stage"):
+        export.run(tiny_params(), paths)
+    paths.models.mkdir()
+    paths.model.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ModelError, match="not a loadable Keras model"):
+        export.run(tiny_params(), paths)
+    assert not paths.onnx_model.exists()
+
+
+def test_keras_model_must_fit_the_data(project: Path, tmp_path: Path) -> None:
+    info = load_info(Paths(project).prepared)
+    with pytest.raises(ModelError, match=r"input shape \(None, 32, 32, 3\) does not match the data's images \(None, 48, 48, 3\)"):
+        load_keras_model(Paths(project).model, replace(info, image_shape=(48, 48, 3)))
+    with pytest.raises(ModelError, match="3 outputs but the data has 4 classes"):
+        load_keras_model(Paths(project).model, replace(info, classes=[*CLASSES, "owl"]))
+
+
+def test_onnx_bad_files_and_input_mismatch(project: Path, tmp_path: Path) -> None:
+    paths = Paths(project)
+    info = load_info(paths.prepared)
+    with pytest.raises(ModelError, match="ONNX model not found; run the export stage"):
+        open_model(tmp_path / "missing.onnx")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(paths.onnx_model.read_bytes()[:1000])
+    with pytest.raises(ModelError, match="corrupt.onnx: not a loadable ONNX model"):
+        open_model(corrupt)
+    with pytest.raises(ModelError, match=r"has shape \['batch', 32, 32, 3\]; the data's images need \[batch, 48, 48, 3\]"):
+        open_model(paths.onnx_model, info=replace(info, image_shape=(48, 48, 3)))
+    with pytest.raises(ModelError, match="3 outputs but the data has 4 classes"):
+        open_model(paths.onnx_model, info=replace(info, classes=[*CLASSES, "owl"]))
+
+
+def test_unavailable_provider_is_an_error_unless_fallback(project: Path) -> None:
+    path = Paths(project).onnx_model
+    with pytest.raises(ProviderError, match="OpenVINOExecutionProvider not available .*available: .*CPUExecutionProvider"):
+        open_model(path, ["OpenVINOExecutionProvider", CPU])
+    model = open_model(path, ["OpenVINOExecutionProvider", CPU], allow_fallback=True)
+    assert model.provider == CPU
+    if not gpu_device_present():
+        # onnxruntime-gpu lists CUDA as available even here; the session would silently run on CPU.
+        with pytest.raises(ProviderError, match="CUDAExecutionProvider not available .*no NVIDIA GPU"):
+            open_model(path, ["CUDAExecutionProvider", CPU])
+        assert open_model(path, ["CUDAExecutionProvider", CPU], allow_fallback=True).provider == CPU
+
+
+def test_onnx_matches_keras_on_the_test_split(project: Path) -> None:
+    paths = Paths(project)
+    x, _ = load_split(paths.prepared, "test")
+    keras_probs = keras_predict(load_keras_model(paths.model), x, 7)
+    onnx_probs = open_model(paths.onnx_model).predict(x, 7)
+    assert np.abs(keras_probs - onnx_probs).max() < 1e-4
