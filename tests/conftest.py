@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SHARED_WEIGHTS = SHARED / "weights"
 MOBILENET_V2_035 = SHARED_WEIGHTS / "mobilenet_v2_0.35_224_no_top.weights.h5"
+BIN = str(Path(sys.executable).parent)  # the venv's bin: dvc, and the python DVC stages run with
+
+
+def sh(*args: str, cwd: Path) -> str:
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x",
+    }  # fmt: skip
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
 
 
 def synthetic_images(n: int, size: int, label: np.ndarray, seed: int = 0) -> np.ndarray:

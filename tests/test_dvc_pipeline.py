@@ -6,28 +6,12 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import BIN, REPO, sh
 from tests.inputs import make_class_tree, tar_tree
-
-BIN = str(Path(sys.executable).parent)
-
-
-def sh(*args: str, cwd: Path) -> str:
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x",
-    }  # fmt: skip
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
-
 
 def project_copy(dest: Path, data_path: Path) -> Path:
     """A fresh git+DVC repo holding the project's code and pipeline, pointed at `data_path`."""

@@ -278,8 +278,6 @@ def test_cached_rerun_skips_every_stage_and_costs_little_over_dvc_repro(project)
 
 
 def test_failing_stage_fails_the_flow_with_its_error_and_a_rerun_resumes_from_cache(project) -> None:
-    from flows.pipeline import pipeline
-
     root, _ = project
     head_model = root / "models" / "head.keras"
     before = head_model.stat().st_mtime_ns

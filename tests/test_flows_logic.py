@@ -4,7 +4,6 @@ touches, DVC's report lines, overrides, retries, the leaderboard's reading of `d
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml

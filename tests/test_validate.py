@@ -12,7 +12,7 @@ from stages import ingest, validate
 from stages.dataset import images_file, labels_file
 from stages.params import parse_params
 from stages.paths import Paths
-from tests.inputs import make_class_tree, save_image
+from tests.inputs import make_class_tree
 
 CLASSES = ["a", "b", "c"]
 
