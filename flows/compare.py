@@ -204,7 +204,7 @@ def leaderboard_row(
     outs = data.get("outs") or {}
     bench = metrics.get(BENCHMARK_METRICS, {})
     batch = bench.get("headline_batch")
-    throughput = ((bench.get("throughput") or {}).get(THROUGHPUT_MODEL) or {}).get(f"b{batch}")
+    throughput = ((bench.get("throughput_median") or {}).get(THROUGHPUT_MODEL) or {}).get(f"b{batch}")
     size = next((outs[f]["size"] for f in MODEL_FILES if (outs.get(f) or {}).get("size")), None)
     seconds = [metrics.get(p, {}).get("total_seconds") for p in TIMED_METRICS]
     status = "failed" if error else (exp or {}).get("state", "missing")

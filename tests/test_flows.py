@@ -179,12 +179,10 @@ def log_text(flow_run_id: UUID, expect: tuple[str, ...] = (), timeout: float = 3
     """Every log line of a flow run and its task runs, as the Prefect UI shows them.
 
     Prefect ships logs to the server in the background, so the last lines of a run may reach it
-    after the run's final state: flush, then wait (up to `timeout`) for the lines in `expect`.
+    after the run's final state: wait (up to `timeout`) for the lines in `expect`.
     """
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.logging.handlers import APILogHandler
 
-    APILogHandler.flush()
     deadline = time.monotonic() + timeout
     while True:
         lines: list[str] = []
@@ -258,7 +256,7 @@ def test_pipeline_flow_runs_every_stage_of_dvc_yaml_as_a_task(project) -> None:
     assert metrics[("evaluate", "accuracy")] == pytest.approx(evaluate["accuracy"])
     bench = json.loads((root / "reports/benchmark/metrics.json").read_text())
     assert metrics[("benchmark", "headline_batch")] == bench["headline_batch"] == 4
-    assert metrics[("benchmark", "throughput.onnx-fp32")] == bench["throughput"]["onnx-fp32"]["b4"] > 0
+    assert metrics[("benchmark", "throughput_median.onnx-fp32")] == bench["throughput_median"]["onnx-fp32"]["b4"] > 0
 
 
 def test_cached_rerun_skips_every_stage_and_costs_little_over_dvc_repro(project) -> None:
@@ -307,7 +305,8 @@ def _fail_then_fix(root: Path, head_model: Path, before: int) -> None:
     fixed = pipeline(project_dir=str(root), overrides=["validate.pixel_std_min=2.0"], return_state=True)
     assert fixed.is_completed(), fixed.message
     done = outcomes(fixed.state_details.flow_run_id)
-    assert done["validate"] in ("ran", "skipped")  # ran: the failed run had rewritten its report
+    # ran or restored (from DVC's run cache): the failed run had rewritten its report.
+    assert done["validate"] in ("ran", "restored", "skipped")
     # Validation passes with the same report as before: DVC finds everything else up to date.
     assert {v for s, v in done.items() if s != "validate"} == {"skipped"}
     assert head_model.stat().st_mtime_ns == before
