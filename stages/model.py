@@ -52,6 +52,10 @@ class ModelSpec:
     pooling: str
     dropout: float
     head_units: tuple[int, ...]
+    # Seeds the head's initializers and dropout explicitly. Keras's default seeds come from
+    # Python's global `random`, which other threads in the process (Prefect's services) also
+    # draw from: with implicit seeds, the same params gave different heads now and then.
+    seed: int = 0
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -76,7 +80,7 @@ def resolve_spec(params: Params, input_shape: tuple[int, int, int], num_classes:
         raise ValueError(f"expected RGB images H×W×3, got image shape {input_shape}")
     return ModelSpec(
         backbone, size, tuple(input_shape), num_classes, weights, weights_id, alpha,
-        m.interpolation, m.pooling, m.dropout, tuple(m.head_units),
+        m.interpolation, m.pooling, m.dropout, tuple(m.head_units), params.seed,
     )  # fmt: skip
 
 
@@ -201,13 +205,20 @@ def _walk(layer: Any) -> list[Any]:
 def build_head(spec: ModelSpec, num_features: int) -> Any:
     import keras
 
+    seeds = iter(range(spec.seed * 1000, spec.seed * 1000 + 1000))  # one explicit seed per random layer
     inputs = keras.Input((num_features,), name="features")
-    x = keras.layers.Dropout(spec.dropout, name="head_dropout")(inputs)
+    x = keras.layers.Dropout(spec.dropout, seed=next(seeds), name="head_dropout")(inputs)
     for i, units in enumerate(spec.head_units):
-        x = keras.layers.Dense(units, activation="relu", name=f"head_dense_{i}")(x)
-        x = keras.layers.Dropout(spec.dropout, name=f"head_dropout_{i}")(x)
+        x = keras.layers.Dense(
+            units, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(seed=next(seeds)),
+            name=f"head_dense_{i}",
+        )(x)  # fmt: skip
+        x = keras.layers.Dropout(spec.dropout, seed=next(seeds), name=f"head_dropout_{i}")(x)
     # float32 softmax whatever the policy: probabilities and the loss stay accurate under mixed precision.
-    outputs = keras.layers.Dense(spec.num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    outputs = keras.layers.Dense(
+        spec.num_classes, activation="softmax", dtype="float32",
+        kernel_initializer=keras.initializers.GlorotUniform(seed=next(seeds)), name="probabilities",
+    )(x)  # fmt: skip
     return keras.Model(inputs, outputs, name=HEAD_LAYER)
 
 

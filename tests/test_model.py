@@ -111,3 +111,34 @@ def test_strategies_build_on_cpu(kind: str) -> None:
     from stages.runtime import make_strategy
 
     assert make_strategy(kind).num_replicas_in_sync >= 1
+
+
+def test_head_is_a_function_of_the_seed_alone(tmp_path: Path) -> None:
+    """Other code in the process drawing from Python's global `random` (Prefect's services do,
+    from their own threads) must not change the head a seed gives: CI once saw two identical
+    train runs diverge. Two builds with different draws in between give the same head; another
+    seed gives another head."""
+    import random
+
+    from stages.model import build_head
+    from stages.runtime import seed_everything
+
+    spec = small_spec(tmp_path, size=32, head_units=[16], dropout=0.3)
+
+    def head_after(draws: int, seed_spec=spec):
+        seed_everything(7)
+        for _ in range(draws):
+            random.random()
+        head = build_head(seed_spec, 24)
+        x = np.random.default_rng(0).normal(size=(64, 24)).astype("float32")
+        # training=True: dropout masks come from the layers' own seed generators.
+        return [w.copy() for w in head.get_weights()], np.asarray(head(x, training=True))
+
+    (w_a, out_a), (w_b, out_b) = head_after(0), head_after(5)
+    for a, b in zip(w_a, w_b):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(out_a, out_b)
+    from dataclasses import replace
+
+    w_c, _ = head_after(0, replace(spec, seed=spec.seed + 1))
+    assert not np.array_equal(w_a[0], w_c[0])
