@@ -48,6 +48,14 @@ class DataParams(Section):
     limit: SplitLimits = SplitLimits()
     # Grayscale / RGBA / palette images: convert to RGB, or refuse them.
     color_mode: Literal["convert", "refuse"] = "convert"
+    # Class-folder images of mixed sizes (most photo datasets): resize each to image_size ×
+    # image_size as it is decoded. null keeps the native size, and then every image must share
+    # one size. The model resizes again to the backbone's size, so this only sets what is
+    # stored: keep it small (a few times the detail the classes need), memory is N × size² × 3 bytes.
+    image_size: int | None = Field(None, ge=8, le=1024)
+    # center_crop: scale the shorter side to image_size, then cut the middle square (keeps the
+    # aspect ratio); stretch: scale both sides to image_size (keeps everything, distorts).
+    resize_mode: Literal["center_crop", "stretch"] = "center_crop"
 
     @model_validator(mode="after")
     def _path_for_local_sources(self) -> DataParams:

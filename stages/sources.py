@@ -51,6 +51,11 @@ class RawDataset:
 
 def read_source(data: DataParams) -> RawDataset:
     """Read the source that `data.source` names."""
+    if data.image_size is not None and data.source != "folder":
+        raise DataError(
+            f"data.image_size={data.image_size} applies to data.source 'folder' only; CIFAR-10 "
+            f"({data.source!r}) is used at its native 32×32 and the model resizes it (model.image_size)"
+        )
     if data.source == "keras":
         return read_keras_cifar10()
     path = Path(data.path or "")
@@ -58,7 +63,7 @@ def read_source(data: DataParams) -> RawDataset:
         raise DataError(f"data.path: {path} does not exist (data.source is {data.source!r})")
     if data.source == "cifar_python":
         return read_cifar_python(path, data.sha256 or CIFAR10_PYTHON_SHA256)
-    return read_class_folders(path, data.color_mode, data.sha256)
+    return read_class_folders(path, data.color_mode, data.sha256, data.image_size, data.resize_mode)
 
 
 # ---------------------------------------------------------------- checksums
@@ -248,9 +253,14 @@ def read_keras_cifar10() -> RawDataset:
 # ---------------------------------------------------------------- class folders
 
 
-def _decode(origin: str, data: bytes, color_mode: str, converted: Counter) -> np.ndarray:
+def _decode(
+    origin: str, data: bytes, color_mode: str, converted: Counter, size: int | None = None, resize_mode: str = "center_crop"
+) -> np.ndarray:
     try:
         img = Image.open(io.BytesIO(data))
+        if size is not None:
+            # JPEG decoders can scale by 1/2..1/8 while decoding: far less work for large photos.
+            img.draft("RGB", (size, size))
         img.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{origin}: unreadable image ({type(err).__name__}: {err})") from None
@@ -264,7 +274,20 @@ def _decode(origin: str, data: bytes, color_mode: str, converted: Counter) -> np
         converted[mode] += 1
         # Palette images may carry transparency: go through RGBA so it is dropped, not garbled.
         img = (img.convert("RGBA") if mode == "P" else img).convert("RGB")
+    if size is not None and img.size != (size, size):
+        img = _resize(img, size, resize_mode)
     return np.asarray(img, dtype=np.uint8)
+
+
+def _resize(img: Image.Image, size: int, mode: str) -> Image.Image:
+    """A size×size image: the middle square after scaling the shorter side (center_crop), or both
+    sides scaled (stretch). Antialiased (PIL's reducing filter), so downscaling does not alias."""
+    if mode == "stretch":
+        return img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    w, h = img.size
+    side = min(w, h)
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    return img.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
 
 
 def _layout(path: Path, files: list[PurePosixPath], dirs: list[PurePosixPath]) -> tuple[int, bool]:
@@ -284,8 +307,16 @@ def _layout(path: Path, files: list[PurePosixPath], dirs: list[PurePosixPath]) -
     return depth - 2, has_split
 
 
-def read_class_folders(path: Path, color_mode: str = "convert", expected_sha256: str | None = None) -> RawDataset:
-    """`<split>/<class>/*.{png,jpg,jpeg}` (or `<class>/*` as one train split), from a dir or archive."""
+def read_class_folders(
+    path: Path,
+    color_mode: str = "convert",
+    expected_sha256: str | None = None,
+    image_size: int | None = None,
+    resize_mode: str = "center_crop",
+) -> RawDataset:
+    """`<split>/<class>/*.{png,jpg,jpeg}` (or `<class>/*` as one train split), from a dir or archive.
+
+    `image_size`: resize every image to that square as it is decoded (mixed sizes allowed)."""
     digest = None
     if path.is_file():
         digest = verify_sha256(path, expected_sha256) if expected_sha256 else sha256_file(path)
@@ -341,14 +372,15 @@ def read_class_folders(path: Path, color_mode: str = "convert", expected_sha256:
         origins = []
         for i, f in enumerate(members):
             origin = f"{path}:{f}" if path.is_file() else str(path / f)
-            img = _decode(origin, blobs.pop(f), color_mode, converted)
+            img = _decode(origin, blobs.pop(f), color_mode, converted, image_size, resize_mode)
             if expected_shape is None:
                 expected_shape = (img.shape, origin)
             elif img.shape != expected_shape[0]:
                 h, w = img.shape[:2]
                 raise DataError(
                     f"{origin}: image is {w}x{h}, expected {expected_shape[0][1]}x{expected_shape[0][0]} "
-                    f"like {expected_shape[1]}; all images must share one size (resize them first)"
+                    f"like {expected_shape[1]}; all images must share one size: set data.image_size "
+                    "to resize them as they are read, or resize them first"
                 )
             if images is None:
                 images = np.empty((len(members), *img.shape), np.uint8)
@@ -369,6 +401,7 @@ def read_class_folders(path: Path, color_mode: str = "convert", expected_sha256:
             "path": str(path),
             "sha256": digest,
             "converted_to_rgb": dict(converted),
+            "resized_to": [image_size, image_size, resize_mode] if image_size else None,
             "skipped_files": skipped,
         },
     )

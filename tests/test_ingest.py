@@ -166,6 +166,47 @@ def test_bad_class_folders(tmp_path: Path, breakage: str, message: str) -> None:
         assert_nothing_written(tmp_path / "out")
 
 
+def test_mixed_size_photos_are_resized_when_data_image_size_is_set(tmp_path: Path) -> None:
+    """Own datasets (photos) come in many sizes: data.image_size resizes them as they are read."""
+    tree = make_class_tree(tmp_path / "src", ["a", "b"], {"train": 10})
+    # A wide JPEG: red | green | blue thirds. center_crop keeps the green middle, stretch all three.
+    wide = np.zeros((40, 120, 3), np.uint8)
+    wide[:, :40, 0] = wide[:, 40:80, 1] = wide[:, 80:, 2] = 250
+    save_image(tree / "train" / "a" / "wide.jpg", wide)
+    save_image(tree / "train" / "b" / "tall.png", synthetic_images(1, 64, np.array([1]))[0][:, :48])
+
+    with pytest.raises(DataError, match=r"image is 120x40, expected 16x16 .*set data.image_size"):
+        ingest.run(params_for(tree), Paths(tmp_path / "native"))
+    assert_nothing_written(tmp_path / "native")
+
+    for mode in ("center_crop", "stretch"):
+        root = tmp_path / mode
+        ingest.run(params_for(tree, image_size=24, resize_mode=mode, val_fraction=0.1, test_fraction=0.1), Paths(root))
+        prepared = root / "data" / "prepared"
+        info = load_info(prepared)
+        assert tuple(info.image_shape) == (24, 24, 3) and info.source["resized_to"] == [24, 24, mode]
+        manifest = (prepared / "manifest.csv").read_text().splitlines()
+        split, index = next(line.split(",")[:2] for line in manifest if "wide.jpg" in line)
+        img = np.asarray(load_split(prepared, split)[0][int(index)], np.int32)
+        middle, left = img[12, 12], img[12, 1]
+        assert middle[1] > 200 and middle[0] < 50, middle  # green centre either way
+        if mode == "center_crop":
+            assert left[1] > 200, left  # the red third was cut off
+        else:
+            assert left[0] > 200 and left[1] < 50, left  # the red third squeezed in
+
+
+def test_data_image_size_is_refused_for_cifar_sources(tmp_path: Path) -> None:
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    make_cifar_tarball(archive, per_batch=10, test=10)
+    params = params_for(archive, "cifar_python", sha256=sha256_file(archive), image_size=64)
+    with pytest.raises(DataError, match=r"data.image_size=64 applies to data.source 'folder' only"):
+        ingest.run(params, Paths(tmp_path / "out"))
+    assert_nothing_written(tmp_path / "out")
+    with pytest.raises(ParamsError, match=r"data.image_size: Input should be greater than or equal to 8 \(got 4\)"):
+        parse_params({"data": {"source": "folder", "path": "x", "image_size": 4}})
+
+
 def test_truncated_archive(tmp_path: Path) -> None:
     tree = make_class_tree(tmp_path / "src", ["a", "b"], {"train": 20})
     archive = tar_tree(tree, tmp_path / "src.tar.gz")
