@@ -54,6 +54,9 @@ class LoopState:
     stopped_early: bool = False
     backup_file: str | None = None  # weights of this state, in the checkpoint directory
     key: str = ""  # what run the state belongs to (params hash): a stale backup is ignored
+    # The running sums behind the epoch's train loss/accuracy after `step` steps: without them a
+    # resumed epoch would report the mean over the steps after the resume only.
+    epoch_metrics: list[list[float]] = field(default_factory=list)
 
 
 @dataclass
@@ -117,6 +120,7 @@ class Backups:
         os.replace(tmp, self.dir / name)
         state.backup_file = name
         state.key = self.key
+        state.epoch_metrics = [np.asarray(v.numpy()).tolist() for v in model.metrics_variables] if state.step else []
         payload = {**asdict(state), "rng": _rng_state(model)}
         tmp_json = self.dir / f".tmp-{os.getpid()}.json"
         tmp_json.write_text(json.dumps(payload))
@@ -137,6 +141,30 @@ class Backups:
         import shutil
 
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RestoreEpochMetrics(keras.callbacks.Callback):
+    """Adds the running metric sums of a partly trained epoch back in after the first resumed step.
+
+    Not earlier: without a distribution strategy Keras builds the compiled metrics while tracing
+    the first train step. The loss and accuracy metrics are sums and counts, so `saved + first
+    step` is the very float addition an uninterrupted epoch would have made."""
+
+    def __init__(self, values: list[list[float]]) -> None:
+        super().__init__()
+        self.values = values
+        self.done = False
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        variables = self.model.metrics_variables
+        if len(variables) != len(self.values):
+            log.warning("not restoring the epoch's running metrics: %d saved, the model has %d", len(self.values), len(variables))
+            return
+        for v, value in zip(variables, self.values):
+            v.assign(np.asarray(value, dtype=v.dtype) + np.asarray(v.numpy()))
 
 
 def _rng_state(model: Any) -> list[list[int]]:
@@ -232,13 +260,15 @@ def run_epochs(
     while state.epoch < epochs and not state.stopped_early:
         epoch, skip = state.epoch, state.step
         ds = train.make(epoch)
+        restore = []
         if skip:
             ds = ds.skip(skip)
+            restore = [RestoreEpochMetrics(state.epoch_metrics)]
         t0 = time.perf_counter()
         progress = Progress(phase, epoch, epochs, skip, train.steps, batch_size, log_every, step_backup(epoch))
         hist = model.fit(
             ds, validation_data=val, epochs=epoch + 1, initial_epoch=epoch, verbose=0, shuffle=False,
-            callbacks=[progress, *callbacks],
+            callbacks=[*restore, progress, *callbacks],
         )  # fmt: skip
         seconds = time.perf_counter() - t0
         logs = {k: float(v[-1]) for k, v in hist.history.items()}
