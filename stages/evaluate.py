@@ -153,13 +153,33 @@ def plot_reliability(table: list[dict[str, float]], ece: float, path: Path) -> N
     plt.close(fig)
 
 
+def grid_selection(labels: np.ndarray, predicted: np.ndarray, confidence: np.ndarray, n: int) -> np.ndarray:
+    """Up to n test indices for the prediction grid: the true classes take turns, and each class
+    alternates its most confident mistakes with correct predictions, so the grid shows every
+    class, where it fails and what it gets right (mistakes alone all came from the first class)."""
+    queues = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        wrong = idx[predicted[idx] != c]
+        wrong = list(wrong[np.argsort(-confidence[wrong], kind="stable")])
+        right = list(idx[predicted[idx] == c])
+        alternating = [i for pair in zip(wrong, right) for i in pair]
+        rest = wrong[len(right):] + right[len(wrong):]
+        queues.append(alternating + rest)
+    chosen: list[int] = []
+    for round_ in range(max((len(q) for q in queues), default=0)):
+        chosen += [q[round_] for q in queues if round_ < len(q)]
+        if len(chosen) >= n:
+            break
+    return np.asarray(chosen[:n], dtype=int)
+
+
 def plot_predictions(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, classes: list[str], n: int, path: Path) -> None:
-    """A grid of test images titled predicted (true); misclassified first, framed in red."""
+    """A grid of test images titled predicted (true), mistakes framed in red (see grid_selection)."""
     plt = _pyplot()
     predicted = probs.argmax(axis=1)
     wrong = np.flatnonzero(predicted != labels)
-    right = np.flatnonzero(predicted == labels)
-    chosen = np.concatenate([wrong, right])[:n]
+    chosen = grid_selection(labels, predicted, probs.max(axis=1), n)
     cols = int(np.ceil(np.sqrt(max(len(chosen), 1))))
     rows = int(np.ceil(len(chosen) / cols)) or 1
     fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 1.9 * rows), squeeze=False)
@@ -179,7 +199,10 @@ def plot_predictions(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, 
         for spine in ax.spines.values():
             spine.set_edgecolor("green" if ok else "red")
             spine.set_linewidth(1 if ok else 3)
-    fig.suptitle(f"Test predictions: {len(wrong)} of {len(labels)} misclassified (red, shown first)", fontsize=9)
+    fig.suptitle(
+        f"Test predictions: {len(wrong)} of {len(labels)} misclassified overall; in red, each class's most confident mistakes",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -51,6 +51,17 @@ def test_top_k_loss_and_calibration() -> None:
     assert evaluate.calibration(perfect, np.array([0, 1, 2]), 10)[0] == pytest.approx(0.0)
 
 
+def test_prediction_grid_shows_every_class_its_worst_mistakes_and_correct_ones() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    predicted = np.array([1, 2, 0, 1, 1, 0, 2, 2])
+    confidence = np.array([0.6, 0.9, 0.8, 0.7, 0.5, 0.4, 0.9, 0.3])
+    # Round 1: each class's first entry (class 0: its most confident mistake, index 1);
+    # round 2: a correct one, then the remaining mistakes and correct ones.
+    assert evaluate.grid_selection(labels, predicted, confidence, 6).tolist() == [1, 5, 6, 2, 3, 7]
+    assert evaluate.grid_selection(labels, predicted, confidence, 100).tolist() == [1, 5, 6, 2, 3, 7, 0, 4]
+    assert evaluate.grid_selection(labels, predicted, confidence, 0).tolist() == []
+
+
 def test_evaluate_stage_reports(project: Path) -> None:
     paths = Paths(project)
     metrics = evaluate.run(tiny_params(), paths)
