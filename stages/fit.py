@@ -153,12 +153,10 @@ class RestoreEpochMetrics(keras.callbacks.Callback):
     def __init__(self, values: list[list[float]]) -> None:
         super().__init__()
         self.values = values
-        self.done = False
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-        if self.done:
+        if batch != 0:  # batches count from 0 in each fit call, the skipped ones excluded
             return
-        self.done = True
         variables = self.model.metrics_variables
         if len(variables) != len(self.values):
             log.warning("not restoring the epoch's running metrics: %d saved, the model has %d", len(self.values), len(variables))
