@@ -65,8 +65,10 @@ def start_server(home: Path) -> tuple[subprocess.Popen, str, float]:
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
-        env=base_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        env=base_env(home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     while True:
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
@@ -102,7 +104,9 @@ def main() -> None:
         try:
             served = {**base_env(home), "PREFECT_API_URL": url}
             for _ in range(args.repeat):
-                results.setdefault("dvc repro", []).append(timed([sys.executable, "-m", "dvc", "repro"], project, served))
+                results.setdefault("dvc repro", []).append(
+                    timed([sys.executable, "-m", "dvc", "repro"], project, served)
+                )
                 results.setdefault("flow, running server", []).append(timed(flow, project, served))
         finally:
             server.terminate()

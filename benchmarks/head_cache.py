@@ -23,8 +23,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.params import load_params, with_overrides  # noqa: E402
-from stages.paths import Paths  # noqa: E402
+from stages.params import load_params, with_overrides
+from stages.paths import Paths
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobilenet_v2_1.0_224_no_top.weights.h5"
 
@@ -47,15 +47,17 @@ def main() -> None:
     from stages.augment import steps_per_epoch, training_batches
     from stages.dataset import load_info, load_split
     from stages.features import compute_features
-    from stages.fit import compile_model, make_optimizer
     from stages.model import build_classifier, resolve_spec
+    from stages.optim import compile_model, make_optimizer
     from stages.runtime import configure
-    from stages.train import one_hot
+    from stages.training import one_hot
 
     paths = Paths()
-    params = with_overrides(load_params(args.params), backbone="mobilenetv2", model={"weights": args.weights, "alpha": 1.0})
+    params = with_overrides(
+        load_params(args.params), backbone="mobilenetv2", model={"weights": args.weights, "alpha": 1.0}
+    )
     info = load_info(paths.prepared)
-    spec = resolve_spec(params, tuple(info.image_shape), info.num_classes, paths.root)
+    spec = resolve_spec(params, tuple(info.image_shape), info.num_classes, paths)
     x, y = load_split(paths.prepared, "train", mmap=False)
     if args.limit:
         x, y = x[: args.limit], y[: args.limit]
@@ -64,26 +66,38 @@ def main() -> None:
     bs = tp.batch_size
     steps = steps_per_epoch(len(x), bs)
     labels = one_hot(y, info.num_classes)
-    print(f"MobileNetV2 α=1.0 ({Path(args.weights).name}) at {spec.image_size} px, {len(x)} train images "
-          f"of {'×'.join(map(str, info.image_shape))}, batch {bs}, {steps} steps/epoch, {os.cpu_count()} CPUs")
+    print(
+        f"MobileNetV2 α=1.0 ({Path(args.weights).name}) at {spec.image_size} px, {len(x)} train images "
+        f"of {'×'.join(map(str, info.image_shape))}, batch {bs}, {steps} steps/epoch, {os.cpu_count()} CPUs"
+    )
 
     clf = build_classifier(spec)
     start = time.perf_counter()
     feats = compute_features(clf.extractor, x, tp.feature_batch_size, "cache fill", log_every=1e9)
     fill = time.perf_counter() - start
-    print(f"cache fill (one backbone pass):   {fill:8.1f} s  {len(x) / fill:8.0f} img/s  ({feats.shape[1]} features/img)")
+    print(
+        f"cache fill (one backbone pass):   {fill:8.1f} s  {len(x) / fill:8.0f} img/s  ({feats.shape[1]} features/img)"
+    )
 
-    compile_model(clf.head, make_optimizer(tp.optimizer, tp.learning_rate, 0.0, tp.momentum), 0.0, False)
-    cached = timed_epoch(clf.head, lambda e: training_batches(feats, labels, bs, params.seed, e, None, steps))
+    optimizer = make_optimizer(tp.optimizer, tp.learning_rate, weight_decay=0.0, momentum=tp.momentum)
+    compile_model(clf.head, optimizer, label_smoothing=0.0, jit_compile=False)
+    cached = timed_epoch(
+        clf.head, lambda e: training_batches(feats, labels, batch_size=bs, seed=params.seed, epoch=e, steps=steps)
+    )
     print(f"head epoch on cached features:    {cached:8.2f} s  {steps * bs / cached:8.0f} img/s")
 
-    compile_model(clf.model, make_optimizer(tp.optimizer, tp.learning_rate, 0.0, tp.momentum), 0.0, False)
-    frozen = timed_epoch(clf.model, lambda e: training_batches(x, labels, bs, params.seed, e, None, steps))
+    optimizer = make_optimizer(tp.optimizer, tp.learning_rate, weight_decay=0.0, momentum=tp.momentum)
+    compile_model(clf.model, optimizer, label_smoothing=0.0, jit_compile=False)
+    frozen = timed_epoch(
+        clf.model, lambda e: training_batches(x, labels, batch_size=bs, seed=params.seed, epoch=e, steps=steps)
+    )
     print(f"head epoch through frozen backbone:{frozen:8.2f} s  {steps * bs / frozen:8.0f} img/s")
     print(f"speedup per epoch: {frozen / cached:.1f}x (target >= 20x)")
     n = tp.epochs
-    print(f"cache fill + one cached epoch = {(fill + cached) / frozen:.2f} frozen-backbone epochs; "
-          f"{n} head epochs (train.epochs): {fill + n * cached:.0f} s with the cache vs {n * frozen:.0f} s without")
+    print(
+        f"cache fill + one cached epoch = {(fill + cached) / frozen:.2f} frozen-backbone epochs; "
+        f"{n} head epochs (train.epochs): {fill + n * cached:.0f} s with the cache vs {n * frozen:.0f} s without"
+    )
 
 
 if __name__ == "__main__":

@@ -42,18 +42,18 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="names of the configs to run (default: all)")
     args = ap.parse_args()
 
-    from stages import export
-    from stages.benchmark import onnx_runner, random_pixels, summarise, time_calls
+    from stages.bench_timing import onnx_runner, random_pixels, summarise, time_calls
     from stages.dataset import load_split
     from stages.onnx_io import open_model
-    from stages.params import Int8Params
+    from stages.params_outputs import Int8Params
     from stages.paths import Paths
+    from stages.quantize import calibration_images, to_int8
 
     paths = Paths(args.project)
     x, y = load_split(paths.prepared, "test")
     idx = np.sort(np.random.default_rng(42).permutation(len(x))[: args.eval_images])  # the split is in class order
     x, y = np.asarray(x[idx]), np.asarray(y[idx])
-    calib = export.calibration_images(paths, args.calibration_images, seed=42)
+    calib = calibration_images(paths, args.calibration_images, seed=42)
     fp32 = open_model(paths.onnx_model)
     ref = fp32.predict(x, 64)
     ref_acc = float((ref.argmax(1) == y).mean())
@@ -64,7 +64,9 @@ def main() -> None:
         return summarise(time_calls(call, 3, args.iterations, None), args.batch)["throughput"]
 
     base_speed = speed(fp32)
-    print(f"fp32: accuracy {100 * ref_acc:.2f} % on {len(y)} test images, {base_speed:.1f} images/s at batch {args.batch}")
+    print(
+        f"fp32: accuracy {100 * ref_acc:.2f} % on {len(y)} test images, {base_speed:.1f} images/s at batch {args.batch}"
+    )
     print("| int8 variant | accuracy | drop (points) | top-1 agreement | images/s | × fp32 |")
     print("|---|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,14 +74,15 @@ def main() -> None:
             if args.only and name not in args.only:
                 continue
             out = Path(tmp) / "int8.onnx"
-            export.to_int8(paths.onnx_model, out, calib, Int8Params(**overrides), 64)
+            to_int8(paths.onnx_model, out, calibration=calib, p=Int8Params(**overrides), batch_size=64)
             model = open_model(out, graph_optimization=opt)
             probs = model.predict(x, 64)
             acc = float((probs.argmax(1) == y).mean())
             agree = float((probs.argmax(1) == ref.argmax(1)).mean())
             ips = speed(model)
             print(
-                f"| {name} | {100 * acc:.2f} % | {100 * (ref_acc - acc):.2f} | {agree:.4f} | {ips:.1f} | {ips / base_speed:.2f} |",
+                f"| {name} | {100 * acc:.2f} % | {100 * (ref_acc - acc):.2f} "
+                f"| {agree:.4f} | {ips:.1f} | {ips / base_speed:.2f} |",
                 flush=True,
             )
 

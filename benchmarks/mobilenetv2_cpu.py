@@ -51,21 +51,30 @@ def build(root: Path, params, train_images: int, epochs: int) -> None:
 
     from stages.dataset import load_info, load_split
     from stages.model import build_classifier, resolve_spec
+    from stages.model_io import save_keras
+    from stages.paths import Paths
 
     info = load_info(root / "data" / "prepared")
-    spec = resolve_spec(params, tuple(info.image_shape), info.num_classes, root)
+    spec = resolve_spec(params, tuple(info.image_shape), info.num_classes, Paths(root))
     clf = build_classifier(spec)
     x, y = load_split(root / "data" / "prepared", "train")
     # Shuffled, not sorted: the split is ordered by class and validation_split takes the tail.
     idx = np.random.default_rng(0).permutation(len(x))[:train_images]
     t0 = time.perf_counter()
-    feats = np.concatenate([clf.extractor.predict_on_batch(np.asarray(x[idx[i : i + 64]], np.float32)) for i in range(0, len(idx), 64)])
+    feats = np.concatenate(
+        [clf.extractor.predict_on_batch(np.asarray(x[idx[i : i + 64]], np.float32)) for i in range(0, len(idx), 64)]
+    )
     print(f"features of {len(idx)} train images at {spec.image_size}px: {time.perf_counter() - t0:.1f}s", flush=True)
-    clf.head.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    clf.head.compile(
+        optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     hist = clf.head.fit(feats, np.asarray(y)[idx], epochs=epochs, batch_size=128, verbose=0, validation_split=0.1)
-    print(f"head: train acc {hist.history['accuracy'][-1]:.3f}, held-out acc {hist.history['val_accuracy'][-1]:.3f}", flush=True)
+    print(
+        f"head: train acc {hist.history['accuracy'][-1]:.3f}, held-out acc {hist.history['val_accuracy'][-1]:.3f}",
+        flush=True,
+    )
     (root / "models").mkdir(exist_ok=True)
-    clf.model.save(root / "models" / "model.keras")
+    save_keras(clf.model, root / "models" / "model.keras")
 
 
 def stage(root: Path, name: str) -> None:
@@ -84,7 +93,13 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/tlpipe-bench"))
     ap.add_argument("--skip-build", action="store_true", help="reuse the workdir's model.keras")
     ap.add_argument("--skip-export", action="store_true", help="reuse the workdir's ONNX models")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override, e.g. export.int8.per_channel=false")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="params override, e.g. export.int8.per_channel=false",
+    )
     args = ap.parse_args()
 
     from stages.params import load_params, with_overrides

@@ -1,4 +1,8 @@
-"""Outputs appear whole or not at all: write to a temporary sibling, then rename."""
+"""Outputs appear whole or not at all: write to a temporary sibling, then rename.
+
+Everything written here is byte-stable: JSON keeps the key order it is given, floats in their
+shortest round-trip form, one trailing newline; no times, hosts or absolute paths are added.
+"""
 
 from __future__ import annotations
 
@@ -48,9 +52,14 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     os.replace(tmp, target)
 
 
+def json_text(obj: Any) -> str:
+    """The one JSON form every report uses (indent 2, given key order, trailing newline)."""
+    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+        tmp.write_text(json_text(obj))
 
 
 def _json_default(o: Any) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.params import AugmentParams
+from stages.params_training import AugmentParams
 
 _STEP_STRIDE = 1 << 24  # (epoch, step) → one int: epochs never share a seed for up to 16M steps
 
@@ -35,6 +35,7 @@ def steps_per_epoch(n: int, batch_size: int, cap: int | None = None) -> int:
 def training_batches(
     x: np.ndarray | Any,
     y: np.ndarray | Any,
+    *,
     batch_size: int,
     seed: int,
     epoch: int,
@@ -87,15 +88,16 @@ def augment_batch(images: Any, a: AugmentParams, seed: Any) -> Any:
     shape = tf.shape(images)
     b, h, w = shape[0], shape[1], shape[2]
     u = tf.random.stateless_uniform(tf.stack([b, 6]), seed=seed, minval=-1.0, maxval=1.0)
-    if a.flip or a.rotation or a.zoom or a.translate:
+    flip, rotation, zoom, translate, contrast = a.flip, a.rotation, a.zoom, a.translate, a.contrast
+    if flip or rotation or zoom or translate:
         hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
-        flip = tf.where(u[:, 0] < 0, -1.0, 1.0) if a.flip else tf.ones_like(u[:, 0])
-        theta = u[:, 1] * (a.rotation * 2.0 * math.pi)  # Keras RandomRotation: factor × 2π
-        scale = 1.0 + u[:, 2] * a.zoom  # sampled input span per output pixel
-        tx, ty = u[:, 3] * (a.translate * wf), u[:, 4] * (a.translate * hf)
+        mirror = tf.where(u[:, 0] < 0, -1.0, 1.0) if flip else tf.ones_like(u[:, 0])
+        theta = u[:, 1] * (rotation * 2.0 * math.pi)  # Keras RandomRotation: factor × 2π
+        scale = 1.0 + u[:, 2] * zoom  # sampled input span per output pixel
+        tx, ty = u[:, 3] * (translate * wf), u[:, 4] * (translate * hf)
         cos, sin = tf.cos(theta) * scale, tf.sin(theta) * scale
-        # Output pixel p maps to input c + A (p - c) - t, with A = scale·R(θ)·diag(flip, 1).
-        a00, a01, a10, a11 = cos * flip, -sin, sin * flip, cos
+        # Output pixel p maps to input c + A (p - c) - t, with A = scale·R(θ)·diag(mirror, 1).
+        a00, a01, a10, a11 = cos * mirror, -sin, sin * mirror, cos
         cx, cy = (wf - 1.0) / 2.0, (hf - 1.0) / 2.0
         a02 = cx - a00 * cx - a01 * cy - tx
         a12 = cy - a10 * cx - a11 * cy - ty
@@ -109,8 +111,8 @@ def augment_batch(images: Any, a: AugmentParams, seed: Any) -> Any:
             interpolation="BILINEAR",
             fill_mode="REFLECT",
         )
-    if a.contrast:
-        factor = 1.0 + u[:, 5] * a.contrast
+    if contrast:
+        factor = 1.0 + u[:, 5] * contrast
         x = tf.cast(images, tf.float32)
         mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
         x = (x - mean) * factor[:, None, None, None] + mean

@@ -38,7 +38,7 @@ class BlockRule:
     closes: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Backbone:
     name: str
     constructor: str  # attribute of keras.applications
@@ -101,7 +101,7 @@ class Backbone:
                 current = name or current
                 names.append(current)
         groups: list[tuple[str, list[Any]]] = []
-        for name, layer in zip(names, layers):
+        for name, layer in zip(names, layers, strict=False):
             if not groups or groups[-1][0] != name:
                 groups.append((name, []))
             groups[-1][1].append(layer)
@@ -119,65 +119,105 @@ REGISTRY: dict[str, Backbone] = {
     b.name: b
     for b in (
         Backbone(
-            "vgg16", "VGG16", "vgg16", "caffe", 224, 32,
-            (BlockRule(r"^(block\d+)_", "{0}"),),
-            "vgg16_no_top.weights.h5",
+            name="vgg16",
+            constructor="VGG16",
+            module="vgg16",
+            preprocessing="caffe",
+            default_size=224,
+            min_size=32,
+            block_rules=(BlockRule(r"^(block\d+)_", "{0}"),),
+            weights_file="vgg16_no_top.weights.h5",
         ),
         Backbone(
-            "vgg19", "VGG19", "vgg19", "caffe", 224, 32,
-            (BlockRule(r"^(block\d+)_", "{0}"),),
-            "vgg19_no_top.weights.h5",
+            name="vgg19",
+            constructor="VGG19",
+            module="vgg19",
+            preprocessing="caffe",
+            default_size=224,
+            min_size=32,
+            block_rules=(BlockRule(r"^(block\d+)_", "{0}"),),
+            weights_file="vgg19_no_top.weights.h5",
         ),
         Backbone(
-            "resnet50", "ResNet50", "resnet", "caffe", 224, 32,
-            (BlockRule(r"^(conv1)_", "{0}"), BlockRule(r"^(conv\d_block\d+)_", "{0}")),
-            "resnet50_no_top.weights.h5",
+            name="resnet50",
+            constructor="ResNet50",
+            module="resnet",
+            preprocessing="caffe",
+            default_size=224,
+            min_size=32,
+            block_rules=(BlockRule(r"^(conv1)_", "{0}"), BlockRule(r"^(conv\d_block\d+)_", "{0}")),
+            weights_file="resnet50_no_top.weights.h5",
         ),
         Backbone(
-            "inceptionv3", "InceptionV3", "inception_v3", "tf", 299, 75,
-            (BlockRule(r"^(mixed\d+)$", "{0}", closes=True),),
-            "inception_v3_no_top.weights.h5",
+            name="inceptionv3",
+            constructor="InceptionV3",
+            module="inception_v3",
+            preprocessing="tf",
+            default_size=299,
+            min_size=75,
+            block_rules=(BlockRule(r"^(mixed\d+)$", "{0}", closes=True),),
+            weights_file="inception_v3_no_top.weights.h5",
         ),
         Backbone(
-            "mobilenet", "MobileNet", "mobilenet", "tf", 224, 32,
-            (BlockRule(r"^conv1", "stem"), BlockRule(r"^conv_(?:dw|pw|pad)_(\d+)", "block_{0}")),
-            "mobilenet_{alpha}_224_no_top.weights.h5",
+            name="mobilenet",
+            constructor="MobileNet",
+            module="mobilenet",
+            preprocessing="tf",
+            default_size=224,
+            min_size=32,
+            block_rules=(BlockRule(r"^conv1", "stem"), BlockRule(r"^conv_(?:dw|pw|pad)_(\d+)", "block_{0}")),
+            weights_file="mobilenet_{alpha}_224_no_top.weights.h5",
             has_alpha=True,
         ),
         Backbone(
-            "mobilenetv2", "MobileNetV2", "mobilenet_v2", "tf", 224, 32,
-            (
+            name="mobilenetv2",
+            constructor="MobileNetV2",
+            module="mobilenet_v2",
+            preprocessing="tf",
+            default_size=224,
+            min_size=32,
+            block_rules=(
                 BlockRule(r"^(?:Conv1|bn_Conv1)", "stem"),
                 BlockRule(r"^expanded_conv_", "block_0"),
                 BlockRule(r"^(block_\d+)_", "{0}"),
                 BlockRule(r"^(?:Conv_1|out_relu)", "top"),
             ),
-            "mobilenet_v2_{alpha}_224_no_top.weights.h5",
+            weights_file="mobilenet_v2_{alpha}_224_no_top.weights.h5",
             has_alpha=True,
         ),
         Backbone(
-            "efficientnetv2b0", "EfficientNetV2B0", "efficientnet_v2", "torch", 224, 32,
-            (
+            name="efficientnetv2b0",
+            constructor="EfficientNetV2B0",
+            module="efficientnet_v2",
+            preprocessing="torch",
+            default_size=224,
+            min_size=32,
+            block_rules=(
                 BlockRule(r"^stem_", "stem"),
                 BlockRule(r"^(block\d+[a-z])_", "{0}"),
                 BlockRule(r"^top_", "top"),
             ),
-            "efficientnetv2-b0_no_top.weights.h5",
+            weights_file="efficientnetv2-b0_no_top.weights.h5",
             kwargs={"include_preprocessing": False},
         ),
         Backbone(
-            "convnext_tiny", "ConvNeXtTiny", "convnext", "torch", 224, 32,
-            (
+            name="convnext_tiny",
+            constructor="ConvNeXtTiny",
+            module="convnext",
+            preprocessing="torch",
+            default_size=224,
+            min_size=32,
+            block_rules=(
                 BlockRule(r"_stem$", "stem"),
                 BlockRule(r"_(stage_\d+_block_\d+)_", "{0}"),
                 BlockRule(r"_downsampling_block_(\d+)$", "downsampling_{0}"),
                 BlockRule(r"^layer_normalization", "top"),
             ),
-            "convnext_tiny_no_top.weights.h5",
+            weights_file="convnext_tiny_no_top.weights.h5",
             kwargs={"include_preprocessing": False},
         ),
     )
-}  # fmt: skip
+}
 
 
 def get_backbone(name: str) -> Backbone:

@@ -14,17 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from stages.errors import DataError
+
 SPLITS = ("train", "val", "test")
-CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 INFO_FILE = "dataset.json"
 MANIFEST_FILE = "manifest.csv"
-
-
-class DataError(ValueError):
-    """Input data is missing, malformed or inconsistent."""
 
 
 @dataclass(frozen=True)
@@ -80,17 +75,3 @@ def load_split(prepared: str | Path, split: str, mmap: bool = True) -> tuple[np.
             f"got {x.dtype} {x.shape}"
         )
     return x, y
-
-
-def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
-    """A content hash of one split (pixels and labels), for cache keys and lineage."""
-    import hashlib
-
-    h = hashlib.sha256()
-    h.update(str(images.shape).encode())
-    # Hash in chunks so a memory-mapped split is never copied whole.
-    step = 4096
-    for i in range(0, len(images), step):
-        h.update(np.ascontiguousarray(images[i : i + step]).tobytes())
-    h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
-    return h.hexdigest()

@@ -2,11 +2,12 @@
 
 A frozen backbone gives the same pooled features for an image every epoch, so the head phase
 computes them once per split and trains on the stored array. Entries live in
-`data/features/<backbone>-<size>px-<key>/<split>-<data fingerprint>.npy`; the key hashes
-everything the features depend on (backbone, weights, alpha, input and backbone sizes,
-interpolation, pooling, precision policy, Keras version), the file name the split's content.
-A changed input of any kind is a different file, so the cache is never stale, and it survives
-across runs and backbones (DVC: persist: true, cache: false).
+`<cache>/<backbone>-<size>px-<key>/<split>-<data fingerprint>.npy` (<cache>: stages.paths,
+data/features by default); the key hashes everything the features depend on (backbone, weights,
+alpha, input and backbone sizes, interpolation, pooling, precision policy, Keras version), the
+file name the split's content. A changed input of any kind is a different file, so the cache is
+never stale. It is no DVC output: DVC neither deletes it nor versions it, and keeps its run
+cache for the train stage.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def cache_dir(root: Path, spec: ModelSpec, policy: str) -> Path:
+    """The cache directory of one feature extractor (everything but the data in its key)."""
     import keras
 
     key_fields = {
@@ -42,44 +44,48 @@ def cache_dir(root: Path, spec: ModelSpec, policy: str) -> Path:
         "keras": keras.__version__,
     }
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
-    d = Path(root) / f"{spec.backbone.name}-{spec.image_size}px-{key}"
-    return d
+    return Path(root) / f"{spec.backbone.name}-{spec.image_size}px-{key}"
+
+
+def cache_file(directory: Path, split: str, fingerprint: str) -> Path:
+    return directory / f"{split}-{fingerprint[:16]}.npy"
 
 
 def cached_features(
     extractor: Any,
     images: np.ndarray,
-    fingerprint: str,
-    directory: Path,
-    spec: ModelSpec,
-    policy: str,
-    split: str,
+    *,
+    path: Path,
+    describe: dict[str, Any],
     batch_size: int,
     log_every: float = 30.0,
 ) -> tuple[np.ndarray, bool]:
-    """Pooled features (float32 N×F) of `images`, from the cache or computed and stored.
+    """Pooled features (float32 N×F) of `images`, from the cache file `path` or computed and stored.
 
     Returns (features, hit). A miss runs the frozen extractor once over the split in batches
-    (never materialising resized images) and writes the file atomically.
+    (never materialising resized images) and writes the file atomically; `describe` goes into
+    the directory's cache.json, for people.
     """
-    path = directory / f"{split}-{fingerprint[:16]}.npy"
+    what = f"features {path.name.split('-')[0]}"
     if path.is_file():
         feats = np.load(path, mmap_mode=None, allow_pickle=False)
         if feats.shape[0] == len(images):
-            log.info("features %s: cache hit %s (%d×%d)", split, path, *feats.shape)
+            log.info("%s: cache hit %s (%d×%d)", what, path, *feats.shape)
             return feats, True
-        log.warning("features %s: %s has %d rows for %d images; recomputing", split, path, feats.shape[0], len(images))
-    feats = compute_features(extractor, images, batch_size, f"features {split}", log_every)
-    directory.mkdir(parents=True, exist_ok=True)
+        log.warning("%s: %s has %d rows for %d images; recomputing", what, path, feats.shape[0], len(images))
+    feats = compute_features(extractor, images, batch_size, what, log_every)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
         np.save(tmp, feats, allow_pickle=False)
-    meta = directory / "cache.json"
+    meta = path.parent / "cache.json"
     if not meta.exists():
-        write_json(meta, {**spec.describe(), "weights_id": spec.weights_id, "policy": policy})
+        write_json(meta, describe)
     return feats, False
 
 
-def compute_features(extractor: Any, images: np.ndarray, batch_size: int, what: str, log_every: float = 30.0) -> np.ndarray:
+def compute_features(
+    extractor: Any, images: np.ndarray, batch_size: int, what: str, log_every: float = 30.0
+) -> np.ndarray:
     """Run `extractor` over uint8 images batch by batch through tf.data, with progress and ETA."""
     import tensorflow as tf
 

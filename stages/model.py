@@ -1,6 +1,6 @@
-"""Building the classifier: raw pixels in, class probabilities out.
+"""The classifier every training stage builds: raw pixels in, class probabilities out.
 
-    image (uint8-valued RGB, dataset size, float32 tensor)
+    image (uint8-valued float32 RGB, the dataset's native H×W)
       → Resizing to the backbone's input size (interpolation from params)
       → the backbone's preprocess_input, rebuilt from built-in layers
       → backbone (called with training=False; its BatchNorm layers frozen)
@@ -20,24 +20,31 @@ frozen (trainable=False, which Keras 3 BatchNormalization honours), not because 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stages.backbones import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, Backbone, get_backbone, resolve_image_size
-from stages.params import Params, UnfreezeParams
-
-log = logging.getLogger(__name__)
+from stages.backbones import (
+    CAFFE_MEAN_BGR,
+    IMAGENET_MEAN_RGB,
+    IMAGENET_STD_RGB,
+    Backbone,
+    get_backbone,
+    resolve_image_size,
+)
+from stages.errors import first_line
+from stages.params import Params
+from stages.paths import Paths
+from stages.unfreeze import freeze_batchnorm
+from stages.weights import resolve_weights, weights_file_name
 
 BACKBONE_LAYER = "backbone"
 HEAD_LAYER = "head"
 POOL_LAYER = "pool"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """Everything the params decide about the network, resolved and checked."""
 
@@ -58,74 +65,42 @@ class ModelSpec:
     seed: int = 0
 
     def describe(self) -> dict[str, Any]:
+        """What the reports say about the model: no machine paths (file names only)."""
         return {
             "backbone": self.backbone.name,
             "image_size": self.image_size,
             "input_shape": list(self.input_shape),
             "alpha": self.alpha,
-            "weights": self.weights or "none",
+            "weights": weights_file_name(self.weights),
             "interpolation": self.interpolation,
             "pooling": self.pooling,
         }
 
 
-def resolve_spec(params: Params, input_shape: tuple[int, int, int], num_classes: int, root: Path) -> ModelSpec:
+def resolve_spec(params: Params, input_shape: tuple[int, int, int], num_classes: int, paths: Paths) -> ModelSpec:
     """Check the model params against the registry and the disk; raise ValueError naming the key."""
     backbone = get_backbone(params.backbone)
     m = params.model
-    size = resolve_image_size(backbone, m.image_size, m.image_scale)
     alpha = backbone.resolve_alpha(m.alpha)
-    weights, weights_id = _resolve_weights(backbone, m.weights, m.weights_dir, alpha, params.seed, root)
+    weights, weights_id = resolve_weights(
+        backbone, weights=m.weights, weights_dir=m.weights_dir, alpha=alpha, seed=params.seed, paths=paths
+    )
     if len(input_shape) != 3 or input_shape[-1] != 3:
         raise ValueError(f"expected RGB images H×W×3, got image shape {input_shape}")
     return ModelSpec(
-        backbone, size, tuple(input_shape), num_classes, weights, weights_id, alpha,
-        m.interpolation, m.pooling, m.dropout, tuple(m.head_units), params.seed,
-    )  # fmt: skip
-
-
-def _resolve_weights(
-    backbone: Backbone, weights: str, weights_dir: str | None, alpha: float | None, seed: int, root: Path
-) -> tuple[str | None, str]:
-    import keras
-
-    if weights.lower() == "none":
-        return None, f"none@seed{seed}"
-    if weights.lower() == "imagenet":
-        if weights_dir is not None:
-            # A mirror is a cache of the download: missing, it is a warning, not an error, so the
-            # default params work on a machine without ../shared.
-            mirror = _resolve_path(weights_dir, root)
-            candidate = mirror / backbone.weights_filename(alpha)
-            if candidate.is_file():
-                return str(candidate), f"sha256:{_file_sha256(candidate)}"
-            log.warning(
-                "model.weights_dir=%r has no %s%s: using the Keras ImageNet download",
-                weights_dir, candidate.name, "" if mirror.is_dir() else f" ({mirror} does not exist)",
-            )  # fmt: skip
-        return "imagenet", f"imagenet@keras-{keras.__version__}"
-    path = _resolve_path(weights, root)
-    if not path.is_file():
-        raise ValueError(
-            f"model.weights={weights!r}: file not found ({path}); expected imagenet, none, "
-            f"or the path of a {backbone.name} no-top .weights.h5 file"
-        )
-    return str(path), f"sha256:{_file_sha256(path)}"
-
-
-def _resolve_path(value: str, root: Path) -> Path:
-    p = Path(value).expanduser()
-    return (p if p.is_absolute() else Path(root) / p).resolve()
-
-
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        backbone=backbone,
+        image_size=resolve_image_size(backbone, m.image_size, m.image_scale),
+        input_shape=tuple(input_shape),
+        num_classes=num_classes,
+        weights=weights,
+        weights_id=weights_id,
+        alpha=alpha,
+        interpolation=m.interpolation,
+        pooling=m.pooling,
+        dropout=m.dropout,
+        head_units=tuple(m.head_units),
+        seed=params.seed,
+    )
 
 
 def build_backbone(spec: ModelSpec) -> Any:
@@ -136,18 +111,18 @@ def build_backbone(spec: ModelSpec) -> Any:
         if spec.weights not in (None, "imagenet"):
             raise ValueError(
                 f"model.weights={spec.weights!r} does not match backbone {spec.backbone.name!r}"
-                f"{f' with alpha {spec.alpha}' if spec.alpha else ''} (include_top=False): {_first_line(err)}"
+                f"{f' with alpha {spec.alpha}' if spec.alpha else ''} (include_top=False): {first_line(err)}"
             ) from None
         raise
     except OSError as err:
         raise ValueError(
-            f"model.weights={spec.weights!r} is not a readable Keras weights file: {_first_line(err)}"
+            f"model.weights={spec.weights!r} is not a readable Keras weights file: {first_line(err)}"
         ) from None
     except Exception as err:  # the ImageNet download: URL errors, HTTP errors, hash mismatch
         if spec.weights == "imagenet":
             raise ValueError(
                 f"model.weights=imagenet: could not get the ImageNet weights of {spec.backbone.name!r} "
-                f"({_first_line(err)}); without internet set model.weights_dir to a mirror holding "
+                f"({first_line(err)}); without internet set model.weights_dir to a mirror holding "
                 f"{spec.backbone.weights_filename(spec.alpha)}, or model.weights to a file"
             ) from None
         raise
@@ -165,7 +140,7 @@ def preprocessing_layers(backbone: Backbone) -> list[Any]:
     if kind == "torch":
         # (x/255 - mean)/std == x * 1/(255 std) - mean/std, one multiply-add per channel.
         scale = [1.0 / (255.0 * s) for s in IMAGENET_STD_RGB]
-        offset = [-m / s for m, s in zip(IMAGENET_MEAN_RGB, IMAGENET_STD_RGB)]
+        offset = [-m / s for m, s in zip(IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, strict=True)]
         return [keras.layers.Rescaling(scale, offset=offset, name="preprocess")]
     if kind == "caffe":
         # RGB→BGR and the per-channel mean as one frozen 1×1 convolution: a permutation kernel
@@ -175,31 +150,16 @@ def preprocessing_layers(backbone: Backbone) -> list[Any]:
             kernel[0, 0, 2 - out_c, out_c] = 1.0
         bias = -np.asarray(CAFFE_MEAN_BGR, np.float32)
         conv = keras.layers.Conv2D(
-            3, 1, use_bias=True, name="preprocess", trainable=False,
+            3,
+            1,
+            use_bias=True,
+            name="preprocess",
+            trainable=False,
             kernel_initializer=keras.initializers.Constant(kernel),
             bias_initializer=keras.initializers.Constant(bias),
-        )  # fmt: skip
+        )
         return [conv]
     raise ValueError(f"unknown preprocessing kind {kind!r}")
-
-
-def freeze_batchnorm(layer: Any) -> int:
-    """Set every BatchNormalization inside `layer` (nested models included) to trainable=False."""
-    import keras
-
-    count = 0
-    for sub in _walk(layer):
-        if isinstance(sub, keras.layers.BatchNormalization):
-            sub.trainable = False
-            count += 1
-    return count
-
-
-def _walk(layer: Any) -> list[Any]:
-    out = [layer]
-    for sub in getattr(layer, "layers", []):
-        out.extend(_walk(sub))
-    return out
 
 
 def build_head(spec: ModelSpec, num_features: int) -> Any:
@@ -209,16 +169,14 @@ def build_head(spec: ModelSpec, num_features: int) -> Any:
     inputs = keras.Input((num_features,), name="features")
     x = keras.layers.Dropout(spec.dropout, seed=next(seeds), name="head_dropout")(inputs)
     for i, units in enumerate(spec.head_units):
-        x = keras.layers.Dense(
-            units, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(seed=next(seeds)),
-            name=f"head_dense_{i}",
-        )(x)  # fmt: skip
+        init = keras.initializers.GlorotUniform(seed=next(seeds))
+        x = keras.layers.Dense(units, activation="relu", kernel_initializer=init, name=f"head_dense_{i}")(x)
         x = keras.layers.Dropout(spec.dropout, seed=next(seeds), name=f"head_dropout_{i}")(x)
     # float32 softmax whatever the policy: probabilities and the loss stay accurate under mixed precision.
+    init = keras.initializers.GlorotUniform(seed=next(seeds))
     outputs = keras.layers.Dense(
-        spec.num_classes, activation="softmax", dtype="float32",
-        kernel_initializer=keras.initializers.GlorotUniform(seed=next(seeds)), name="probabilities",
-    )(x)  # fmt: skip
+        spec.num_classes, activation="softmax", dtype="float32", kernel_initializer=init, name="probabilities"
+    )(x)
     return keras.Model(inputs, outputs, name=HEAD_LAYER)
 
 
@@ -254,8 +212,7 @@ def build_classifier(spec: ModelSpec) -> Classifier:
     features = pool(name=POOL_LAYER)(x)
     head = build_head(spec, int(features.shape[-1]))
     outputs = head(features)
-    name = f"{spec.backbone.name}_classifier"
-    model = keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, outputs, name=f"{spec.backbone.name}_classifier")
     extractor = keras.Model(inputs, features, name=f"{spec.backbone.name}_features")
     return Classifier(model, extractor, head, backbone)
 
@@ -283,62 +240,3 @@ def summary_text(model: Any) -> str:
     lines: list[str] = []
     model.summary(print_fn=lambda s, **_: lines.append(s), expand_nested=False, show_trainable=True)
     return "\n".join(lines) + "\n"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
-def unfreeze(backbone_model: Any, backbone: Backbone, u: UnfreezeParams) -> dict[str, Any]:
-    """Make the chosen top of the backbone trainable (BatchNorm stays frozen); check the choice
-    against this backbone's depth and blocks. Returns what was unfrozen, for the reports."""
-    all_layers = list(backbone_model.layers)  # Keras order, input layer first (for from_layer)
-    layers = [layer for layer in all_layers if type(layer).__name__ != "InputLayer"]
-    blocks = backbone.blocks(all_layers)
-    names = [name for name, _ in blocks]
-    where = f"backbone {backbone.name!r}"
-    if u.top_layers is not None:
-        if u.top_layers > len(layers):
-            raise ValueError(
-                f"finetune.unfreeze.top_layers={u.top_layers} is beyond the depth of {where}: "
-                f"expected at most {len(layers)} layers"
-            )
-        chosen = layers[len(layers) - u.top_layers :]
-    elif u.top_blocks is not None:
-        if u.top_blocks > len(blocks):
-            raise ValueError(
-                f"finetune.unfreeze.top_blocks={u.top_blocks} is beyond the {len(blocks)} blocks of {where} "
-                f"({', '.join(names)}): expected at most {len(blocks)}"
-            )
-        chosen = [layer for _, group in blocks[len(blocks) - u.top_blocks :] for layer in group]
-    elif u.from_block is not None:
-        if u.from_block not in names:
-            raise ValueError(
-                f"finetune.unfreeze.from_block={u.from_block!r} is not a block of {where}; "
-                f"expected one of: {', '.join(names)}"
-            )
-        chosen = [layer for _, group in blocks[names.index(u.from_block) :] for layer in group]
-    else:
-        assert u.from_layer is not None
-        if u.from_layer > len(all_layers):
-            raise ValueError(
-                f"finetune.unfreeze.from_layer={u.from_layer} is beyond the depth of {where}: "
-                f"expected at most {len(all_layers)} (backbone.layers counts its input layer)"
-            )
-        chosen = [layer for layer in all_layers[u.from_layer :] if type(layer).__name__ != "InputLayer"]
-    chosen_ids = {id(layer) for layer in chosen}
-    backbone_model.trainable = True
-    for layer in layers:
-        layer.trainable = id(layer) in chosen_ids
-    frozen_bn = freeze_batchnorm(backbone_model)
-    trainable = int(sum(np.prod(v.shape) for v in backbone_model.trainable_weights))
-    first = next((name for name, group in blocks if any(id(layer) in chosen_ids for layer in group)), None)
-    return {
-        "layers": len(chosen),
-        "of_layers": len(layers),
-        "first_block": first or "",
-        "blocks": len({name for name, group in blocks for layer in group if id(layer) in chosen_ids}),
-        "trainable_backbone_params": trainable,
-        "frozen_batchnorm": frozen_bn,
-    }

@@ -1,21 +1,24 @@
-"""Model card stage: one Markdown page on what the model is, how good and how fast, and where from.
+"""model_card stage: one Markdown page on what the model is, how good and how fast, and where from.
 
-Reads what the earlier stages wrote (dataset.json, the evaluate / export / benchmark reports),
-params.yaml, git and dvc.lock; writes reports/model_card/model_card.md. A missing report reads
-"not measured" rather than failing, so the card can be made at any point of the pipeline.
+Reads what the earlier stages wrote (dataset.json, the models, the evaluate / export / benchmark
+reports) and params.yaml; writes reports/model_card/model_card.md. A missing report reads "not
+measured" rather than failing, so the card can be made at any point of the pipeline. Its lineage
+names the models by their md5, the hash dvc.lock records for them, and the data by its content
+fingerprints: the card is a function of what it describes. It quotes the benchmark, so it
+changes whenever the benchmark is re-measured.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from stages.atomic import atomic_dir
+from stages.backbones import get_backbone, resolve_image_size
+from stages.cli import run_stage
 from stages.dataset import load_info
+from stages.hashing import md5_file
 from stages.params import Params
 from stages.paths import Paths
 
@@ -43,27 +46,10 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def lineage(root: Path) -> dict[str, Any]:
-    """The git commit (and whether the tree had changes) and the md5 of each output in dvc.lock."""
-    commit = _git(root, "rev-parse", "HEAD")
-    status = _git(root, "status", "--porcelain", "--untracked-files=no")
-    outs: dict[str, str] = {}
-    try:
-        lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        lock = {}
-    for stage, entry in (lock.get("stages") or {}).items():
-        for out in entry.get("outs") or []:
-            if "md5" in out:
-                outs[out["path"]] = f"{out['md5']} ({stage})"
-    return {"commit": commit, "dirty": bool(status) if status is not None else None, "outs": outs}
+def lineage(paths: Paths) -> dict[str, str]:
+    """md5 of each model file the card describes (what dvc.lock records for them)."""
+    files = [paths.model, paths.onnx_model, *sorted(paths.variants.glob("*.onnx"))]
+    return {str(f.relative_to(paths.root)): md5_file(f) for f in files if f.is_file()}
 
 
 def _pct(x: float | None) -> str:
@@ -76,14 +62,10 @@ def render(params: Params, paths: Paths) -> str:
     export = _read_json(paths.reports("export") / "metrics.json") or {}
     bench = _read_json(paths.reports("benchmark") / "metrics.json") or {}
     bench_results = _read_json(paths.reports("benchmark") / "results.json") or {}
-    lin = lineage(paths.root)
+    lin = lineage(paths)
     m = params.model
-    try:  # the size the model really resizes to (image_size, or the backbone default × image_scale)
-        from stages.backbones import get_backbone, resolve_image_size
-
-        size = f"{resolve_image_size(get_backbone(params.backbone), m.image_size, m.image_scale)} px"
-    except (ImportError, ValueError):
-        size = f"{m.image_size} px" if m.image_size else "the backbone default size"
+    # The size the model really resizes to (image_size, or the backbone default × image_scale).
+    size = f"{resolve_image_size(get_backbone(params.backbone), m.image_size, m.image_scale)} px"
 
     lines = [f"# Model card: {params.backbone} on {info.source.get('path') or info.source.get('kind', 'data')}", ""]
     lines += ["## Intended use", "", INTENDED_USE, ""]
@@ -92,21 +74,26 @@ def render(params: Params, paths: Paths) -> str:
     lines += [f"- Source: `{json.dumps(info.source, sort_keys=True)}`"]
     if params.data.sha256:
         lines += [f"- Source archive SHA-256 (checked at ingest): `{params.data.sha256}`"]
-    lines += [f"- Classes ({info.num_classes}): {', '.join(info.classes)}", f"- Image shape: {tuple(info.image_shape)} uint8 RGB"]
+    lines += [
+        f"- Classes ({info.num_classes}): {', '.join(info.classes)}",
+        f"- Image shape: {tuple(info.image_shape)} uint8 RGB",
+    ]
     lines += ["", "| split | images | content hash (sha256 of pixels + labels) |", "|---|---:|---|"]
     for split, n in info.counts.items():
         lines.append(f"| {split} | {n} | `{info.fingerprints.get(split, '')[:16]}…` |")
     lines.append("")
 
+    unfreeze = {k: v for k, v in params.finetune.unfreeze.model_dump().items() if v is not None}
     lines += ["## Model", ""]
     lines += [
-        f"- Backbone: `{params.backbone}` (weights: `{m.weights}`, alpha: {m.alpha or 'default'}), images resized inside "
+        f"- Backbone: `{params.backbone}` (weights: `{m.weights}`, "
+        f"alpha: {m.alpha or 'default'}), images resized inside "
         f"the model to {size} ({m.interpolation}), pooling {m.pooling}, dropout {m.dropout}, "
         f"head units {m.head_units or 'none'}",
         f"- Head training: {params.train.epochs} epochs, {params.train.optimizer} lr {params.train.learning_rate}, "
         f"batch {params.train.batch_size}",
         f"- Fine-tuning: {'on' if params.finetune.enabled else 'off'}, {params.finetune.epochs} epochs, "
-        f"{params.finetune.optimizer} lr {params.finetune.learning_rate}, unfreeze {params.finetune.unfreeze.model_dump(exclude_none=True)}",
+        f"{params.finetune.optimizer} lr {params.finetune.learning_rate}, unfreeze {unfreeze}",
         f"- Seed: {params.seed}",
         "",
     ]
@@ -136,14 +123,17 @@ def render(params: Params, paths: Paths) -> str:
         lines += [
             f"ONNX opset {export.get('opset')}; input `pixels` uint8 [batch, {', '.join(map(str, info.image_shape))}], "
             f"output `probabilities`. Keras/ONNX parity on {parity.get('images')} test images: max |Δprob| "
-            f"{parity.get('max_abs_diff', float('nan')):.2g}, top-1 agreement {parity.get('top1_agreement', float('nan')):.4f}.",
+            f"{parity.get('max_abs_diff', float('nan')):.2g}, top-1 "
+            f"agreement {parity.get('top1_agreement', float('nan')):.4f}.",
             "",
-            f"| variant | test accuracy ({export.get('eval_images')} images) | drop vs fp32 (points) | top-1 agreement with fp32 | size MB |",
+            f"| variant | test accuracy ({export.get('eval_images')} images) "
+            "| drop vs fp32 (points) | top-1 agreement with fp32 | size MB |",
             "|---|---:|---:|---:|---:|",
         ]
         for name, v in export.get("variants", {}).items():
             lines.append(
-                f"| {name} | {_pct(v.get('accuracy'))} | {v.get('accuracy_drop_points', 0):.2f} | {v.get('top1_agreement', 1):.4f} | {v.get('size_mb')} |"
+                f"| {name} | {_pct(v.get('accuracy'))} | {v.get('accuracy_drop_points', 0):.2f} "
+                f"| {v.get('top1_agreement', 1):.4f} | {v.get('size_mb')} |"
             )
         lines.append("")
     else:
@@ -155,7 +145,8 @@ def render(params: Params, paths: Paths) -> str:
         machine = bench_results.get("machine", {})
         providers = {k: v.get("provider") for k, v in bench_results.get("models", {}).items()}
         lines += [
-            f"Measured on {machine.get('cpu')} ({machine.get('cpus_usable')} cores), GPU: {machine.get('gpu') or 'none'}. "
+            f"Measured on {machine.get('cpu')} ({machine.get('cpus_usable')} "
+            f"cores), GPU: {machine.get('gpu') or 'none'}. "
             f"Images/s at batch {hb} (from the median batch time):",
             "",
             "| model | runs on | images/s |",
@@ -171,12 +162,12 @@ def render(params: Params, paths: Paths) -> str:
     lines += ["## Known limits", ""] + [f"- {x}" for x in LIMITS] + [""]
 
     lines += ["## Lineage", ""]
-    lines += [f"- git commit: `{lin['commit'] or 'unknown'}`" + (" (with uncommitted changes)" if lin["dirty"] else "")]
-    if lin["outs"]:
-        lines += ["- dvc.lock outputs (md5):"] + [f"  - `{path}`: `{h}`" for path, h in sorted(lin["outs"].items())]
-    else:
-        lines += ["- dvc.lock: none yet (run through `dvc repro`)"]
-    lines.append("")
+    lines += ["Models (md5, as dvc.lock records them):"] + [f"- `{path}`: `{h}`" for path, h in lin.items()]
+    lines += [
+        "",
+        "Data: the split fingerprints above (sha256 of pixels and labels), from `data/prepared/dataset.json`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -188,8 +179,6 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
 
 
 def main() -> None:
-    from stages.cli import run_stage
-
     run_stage(run)
 
 

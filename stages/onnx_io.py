@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from stages.dataset import DatasetInfo
-from stages.model_io import ModelError, check_probabilities
+from stages.errors import ModelError, first_line
+from stages.model_io import check_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,12 @@ GPU_PROVIDERS = (TENSORRT, CUDA)
 # ONNX input types the stages can feed (the exported model takes uint8; others are accepted so
 # that a hand-made float model can be evaluated too).
 _INPUT_DTYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor(float16)": np.float16}
-_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+_OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
 # cuDNN for CUDA 13, installed apart from TensorFlow's cuDNN for CUDA 12 (both packages write
 # site-packages/nvidia/cudnn/lib/libcudnn.so.9): README, GPU install.
 CUDNN_DIR_ENV = "TLPIPE_ORT_CUDNN_DIR"
@@ -82,6 +88,7 @@ def available_providers() -> list[str]:
 def open_model(
     path: str | Path,
     providers: list[str] | tuple[str, ...] = (CPU,),
+    *,
     allow_fallback: bool = False,
     threads: int = 0,
     graph_optimization: str = "all",
@@ -111,7 +118,11 @@ def open_model(
             f"available: {', '.join(available)} (or set benchmark.allow_fallback: true)"
         )
     if missing:
-        log.warning("providers %s not available here (allow_fallback is on); trying %s", missing, [p for p in requested if p in available])
+        log.warning(
+            "providers %s not available here (allow_fallback is on); trying %s",
+            missing,
+            [p for p in requested if p in available],
+        )
     usable = [p for p in requested if p in available]
     if not usable:
         raise ProviderError(f"none of the providers {requested} is available; available: {', '.join(available)}")
@@ -123,8 +134,8 @@ def open_model(
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[graph_optimization])
     try:
         session = ort.InferenceSession(str(path), options, providers=[(p, provider_options(p)) for p in usable])
-    except Exception as err:  # InvalidProtobuf, InvalidGraph, Fail, NoSuchFile... from the C++ side
-        raise ModelError(f"{path}: not a loadable ONNX model ({type(err).__name__}: {_first_line(err)})") from None
+    except Exception as err:  # noqa: BLE001 - InvalidProtobuf, InvalidGraph, Fail, NoSuchFile... from the C++ side
+        raise ModelError(f"{path}: not a loadable ONNX model ({type(err).__name__}: {first_line(err)})") from None
     actual = session.get_providers()[0]
     if actual != usable[0]:
         message = (
@@ -155,7 +166,9 @@ def check_input(model: OnnxModel, info: DatasetInfo) -> None:
             f"[batch, {', '.join(map(str, info.image_shape))}] (NHWC)"
         )
     if isinstance(shape[0], int) and shape[0] > 0:
-        raise ModelError(f"{model.path}: input {inp.name!r} has a fixed batch size {shape[0]}; export with a dynamic batch")
+        raise ModelError(
+            f"{model.path}: input {inp.name!r} has a fixed batch size {shape[0]}; export with a dynamic batch"
+        )
     classes = outputs[0].shape[-1] if outputs[0].shape else None
     if isinstance(classes, int) and classes != info.num_classes:
         raise ModelError(f"{model.path}: {classes} outputs but the data has {info.num_classes} classes")
@@ -194,8 +207,3 @@ def preload_gpu_libraries() -> None:
 
 
 _preloaded = False
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:300] if text else ""

@@ -1,12 +1,19 @@
 """Where every stage reads and writes, relative to one project root.
 
-Stage name = module name = params section = `reports/<name>/` (DESIGN.md).
+Stage name = module name = params section = `reports/<name>/`. Two caches live outside DVC's
+outputs, so that DVC keeps a run cache for the stages that use them and never deletes them:
+the feature cache (TLPIPE_FEATURE_CACHE, default data/features) and fine-tuning's resume state
+(TLPIPE_CHECKPOINTS, default data/checkpoints).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+FEATURE_CACHE_ENV = "TLPIPE_FEATURE_CACHE"
+CHECKPOINTS_ENV = "TLPIPE_CHECKPOINTS"
 
 
 @dataclass(frozen=True)
@@ -23,7 +30,12 @@ class Paths:
 
     @property
     def features(self) -> Path:
-        return self.root / "data" / "features"
+        return Path(os.environ.get(FEATURE_CACHE_ENV) or self.root / "data" / "features")
+
+    @property
+    def checkpoints(self) -> Path:
+        # Resume state for interrupted fine-tuning.
+        return Path(os.environ.get(CHECKPOINTS_ENV) or self.root / "data" / "checkpoints")
 
     @property
     def models(self) -> Path:
@@ -42,9 +54,28 @@ class Paths:
         return self.models / "model.onnx"
 
     @property
-    def checkpoints(self) -> Path:
-        # Resume state for interrupted fine-tuning; outside the DVC outs on purpose.
-        return self.root / "data" / "checkpoints"
+    def variants(self) -> Path:
+        return self.models / "variants"
 
     def reports(self, stage: str) -> Path:
         return self.root / "reports" / stage
+
+    def resolve(self, value: str | Path) -> Path:
+        """A path from params: absolute as given, relative to the project root otherwise.
+
+        In a copy that `dvc exp run --temp` or DVC's queue makes (<project>/.dvc/tmp/exps/<tmp>/),
+        relative paths are taken from the project the experiment came from, so a value like
+        `../shared/weights` means the same files in the workspace and in its copies.
+        """
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            return path
+        return (origin_root(self.root.resolve()) / path).resolve()
+
+
+def origin_root(root: Path) -> Path:
+    """The project a DVC experiment copy was made from (root itself when it is no such copy)."""
+    parts = root.parts
+    if len(parts) > 4 and parts[-4:-1] == (".dvc", "tmp", "exps"):
+        return Path(*parts[:-4])
+    return root

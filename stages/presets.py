@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from stages.params import DEFAULT_PARAMS, Params, ParamsError, _deep_merge, parse_params
+from stages.params import DEFAULT_PARAMS, Params, ParamsError, deep_merge, parse_params
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
 
@@ -39,7 +39,9 @@ def available(directory: Path = PRESETS_DIR) -> dict[str, str]:
 def load_preset(name: str, directory: Path = PRESETS_DIR) -> dict[str, Any]:
     path = directory / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(f"preset {name!r} not found in {directory}; expected one of: {', '.join(available(directory))}")
+        raise ValueError(
+            f"preset {name!r} not found in {directory}; expected one of: {', '.join(available(directory))}"
+        )
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping of params.yaml keys")
@@ -48,7 +50,7 @@ def load_preset(name: str, directory: Path = PRESETS_DIR) -> dict[str, Any]:
 
 def apply(preset: dict[str, Any], base: dict[str, Any]) -> Params:
     """The params a preset gives over `base` (a params.yaml mapping), validated."""
-    return parse_params(_deep_merge(base, preset), "preset")
+    return parse_params(deep_merge(base, preset), "preset")
 
 
 def overrides(preset: dict[str, Any], base: dict[str, Any] | None = None) -> list[str]:

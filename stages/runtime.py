@@ -6,6 +6,7 @@ and the precision policy are process-wide, and the seed must be set before weigh
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -15,10 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from stages.params import Params, RuntimeParams
+from stages.params import Params
 
-# Before TensorFlow is first imported: its C++ start-up chatter is noise in DVC and Prefect logs.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 log = logging.getLogger(__name__)
 
 
@@ -49,15 +48,18 @@ class Runtime:
     def replicas(self) -> int:
         return int(self.strategy.num_replicas_in_sync)
 
-    def describe(self) -> dict[str, Any]:
+    def settings(self) -> dict[str, Any]:
+        """What decides the numbers a run produces (config.json)."""
         return {
             "strategy": type(self.strategy).__name__,
-            "replicas": self.replicas,
             "policy": self.policy,
             "xla": self.jit_compile,
             "deterministic": self.deterministic,
-            "devices": list(self.devices),
         }
+
+    def machine(self) -> dict[str, Any]:
+        """Where it ran (timings.json: this changes with the machine, not with the inputs)."""
+        return {"replicas": self.replicas, "devices": list(self.devices)}
 
 
 def configure(params: Params) -> Runtime:
@@ -65,27 +67,48 @@ def configure(params: Params) -> Runtime:
     import keras
     import tensorflow as tf
 
-    rt: RuntimeParams = params.runtime
+    rt = params.runtime
+    mixed_precision, xla, strategy_kind, deterministic = rt.mixed_precision, rt.xla, rt.strategy, rt.deterministic
     keras.backend.clear_session()  # fresh layer names and seed state for every run in a process
-    if rt.deterministic:
+    if deterministic:
         # Same params, same metrics on CPU; on GPU it makes cuDNN pick deterministic kernels
         # (slower) and raises on ops that have none. tf.data map/interleave stay ordered too.
         tf.config.experimental.enable_op_determinism()
     seed_everything(params.seed)
     gpus = tf.config.list_logical_devices("GPU")
+    gpu_settings = [
+        name
+        for name, on in (
+            ("runtime.mixed_precision", mixed_precision),
+            ("runtime.xla", xla),
+            ("runtime.strategy=mirrored", strategy_kind == "mirrored"),
+        )
+        if on
+    ]
+    if gpu_settings and not gpus:
+        log.warning(
+            "no GPU found: %s are GPU settings; running on CPU%s",
+            ", ".join(gpu_settings),
+            " (mixed precision as bfloat16)" if mixed_precision else "",
+        )
     policy = "float32"
-    if rt.mixed_precision:
+    if mixed_precision:
         # float16 needs loss scaling and only pays on GPUs with tensor cores; recent CPUs
         # (AVX512-BF16, AMX) have bfloat16 units and bfloat16 needs no loss scaling.
         policy = "mixed_float16" if gpus else "mixed_bfloat16"
     keras.mixed_precision.set_global_policy(policy)
-    strategy = make_strategy(rt.strategy)
+    strategy = make_strategy(strategy_kind)
     devices = tuple(d.name for d in (gpus or tf.config.list_logical_devices("CPU")))
-    runtime = Runtime(strategy, policy, rt.xla, rt.deterministic, devices)
+    runtime = Runtime(strategy, policy, xla, deterministic, devices)
     log.info(
         "runtime: %s on %d replica(s) (%s), policy %s, xla %s, deterministic %s",
-        type(strategy).__name__, runtime.replicas, ", ".join(devices), policy, rt.xla, rt.deterministic,
-    )  # fmt: skip
+        type(strategy).__name__,
+        runtime.replicas,
+        ", ".join(devices),
+        policy,
+        xla,
+        deterministic,
+    )
     return runtime
 
 
@@ -119,6 +142,23 @@ def _new_strategy(kind: str) -> Any:
             log.warning("runtime.strategy=multi_worker without TF_CONFIG: running as a single worker")
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"runtime.strategy={kind!r}: expected none, mirrored or multi_worker")
+
+
+def is_chief() -> bool:
+    """Whether this process writes the outputs: always, except a non-chief worker of a TF_CONFIG
+    cluster (the chief is the `chief` task, or worker 0 when the cluster has no chief)."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return True
+    try:
+        config = json.loads(raw)
+    except ValueError:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {raw[:200]!r}") from None
+    task = config.get("task") or {}
+    kind, index = task.get("type", "worker"), int(task.get("index", 0))
+    if kind == "chief":
+        return True
+    return kind == "worker" and index == 0 and "chief" not in (config.get("cluster") or {})
 
 
 def float32_policy() -> Any:

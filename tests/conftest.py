@@ -28,8 +28,11 @@ def sh(*args: str, cwd: Path) -> str:
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x",
-    }  # fmt: skip
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@x",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@x",
+    }
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
@@ -56,7 +59,8 @@ def write_prepared(
     seed: int = 0,
 ) -> None:
     """Write a prepared-data directory in the ingest stage's format (stages/dataset.py)."""
-    from stages.dataset import fingerprint, images_file, labels_file
+    from stages.dataset import images_file, labels_file
+    from stages.hashing import fingerprint
 
     per_class = per_class or {"train": 20, "val": 5, "test": 5}
     prepared.mkdir(parents=True, exist_ok=True)
@@ -87,3 +91,23 @@ def prepared_dir(tmp_path: Path) -> Path:
     """A project root with small prepared data of 3 classes at 32×32."""
     write_prepared(tmp_path / "data" / "prepared", ["cat", "dog", "frog"])
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory) -> dict[str, Path]:
+    """The tiny project reproduced by `dvc repro` in two directories of different path lengths.
+
+    Both are committed afterwards. Project `a` ran with TLPIPE_TRACE_READS (the params keys each
+    stage read, in `reads`); tests may change `b` but must leave it reproduced.
+    """
+    from tests.tiny_project import commit, make_project, run
+
+    base = tmp_path_factory.mktemp("reproduced")
+    reads = base / "reads"
+    a = make_project(base / "a" / "repo")
+    b = make_project(base / "a-much-longer-directory-name" / "repo")
+    run(a, "dvc", "repro", extra_env={"TLPIPE_TRACE_READS": str(reads)})
+    run(b, "dvc", "repro")
+    for root in (a, b):
+        commit(root, "reproduced")  # as a user keeps dvc.lock
+    return {"a": a, "b": b, "reads": reads}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import pickle
 import tarfile
@@ -20,7 +21,9 @@ def cifar_batch(images: np.ndarray, labels: list[int], name: str) -> bytes:
     return pickle.dumps(d, protocol=2)
 
 
-def make_cifar_tarball(path: Path, per_batch: int = 40, test: int = 50, seed: int = 0, bad_label: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def make_cifar_tarball(
+    path: Path, per_batch: int = 40, test: int = 50, seed: int = 0, bad_label: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """cifar-10-python.tar.gz with 5 training batches and a test batch; returns the train arrays."""
     rng = np.random.default_rng(seed)
     members: dict[str, bytes] = {}
@@ -36,9 +39,13 @@ def make_cifar_tarball(path: Path, per_batch: int = 40, test: int = 50, seed: in
         xs.append(x)
         ys.append(y)
     yt = np.tile(np.arange(10), test // 10)
-    members["cifar-10-batches-py/test_batch"] = cifar_batch(synthetic_images(len(yt), 32, yt, seed=seed + 99), yt.tolist(), "test")
+    members["cifar-10-batches-py/test_batch"] = cifar_batch(
+        synthetic_images(len(yt), 32, yt, seed=seed + 99), yt.tolist(), "test"
+    )
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    members["cifar-10-batches-py/batches.meta"] = pickle.dumps({b"label_names": [n.encode() for n in names]}, protocol=2)
+    members["cifar-10-batches-py/batches.meta"] = pickle.dumps(
+        {b"label_names": [n.encode() for n in names]}, protocol=2
+    )
     with tarfile.open(path, "w:gz") as tar:
         for name, blob in members.items():
             info = tarfile.TarInfo(name)
@@ -73,7 +80,14 @@ def make_class_tree(
 
 
 def tar_tree(root: Path, archive: Path) -> Path:
-    with tarfile.open(archive, "w:gz") as tar:
-        for p in sorted(root.iterdir()):
-            tar.add(p, arcname=p.name)
+    """A .tar.gz of `root`'s contents whose bytes depend on the files alone (no times, owners)."""
+
+    def normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        return info
+
+    with open(archive, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+        with tarfile.open(fileobj=gz, mode="w") as tar:
+            for p in sorted(root.iterdir()):
+                tar.add(p, arcname=p.name, filter=normalise)
     return archive

@@ -8,7 +8,16 @@ import pytest
 from stages.backbones import REGISTRY, get_backbone, resolve_image_size
 from tests.conftest import MOBILENET_V2_035
 
-REQUIRED = {"vgg16", "vgg19", "resnet50", "inceptionv3", "mobilenetv2", "efficientnetv2b0", "convnext_tiny", "mobilenet"}
+REQUIRED = {
+    "vgg16",
+    "vgg19",
+    "resnet50",
+    "inceptionv3",
+    "mobilenetv2",
+    "efficientnetv2b0",
+    "convnext_tiny",
+    "mobilenet",
+}
 
 # The blocks each backbone's layers group into (first, last, count), as unfreezing sees them.
 EXPECTED_BLOCKS = {
@@ -41,7 +50,10 @@ def test_image_size_follows_the_backbone_unless_pinned() -> None:
     assert resolve_image_size(mobilenet, None, 0.43) == 96
     assert resolve_image_size(inception, None, 0.43) == 128
     assert resolve_image_size(inception, 80, 0.43) == 80
-    with pytest.raises(ValueError, match=r"model.image_size=64 is below the minimum input size of backbone 'inceptionv3': expected at least 75"):
+    with pytest.raises(
+        ValueError,
+        match=r"model.image_size=64 is below the minimum input size of backbone 'inceptionv3': expected at least 75",
+    ):
         resolve_image_size(inception, 64, 1.0)
     with pytest.raises(ValueError, match=r"model.image_scale=0.2 .* below the minimum .* 'inceptionv3'"):
         resolve_image_size(inception, None, 0.2)
@@ -97,27 +109,39 @@ def test_blocks_and_preprocessing(name: str) -> None:
 
 @pytest.mark.skipif(not MOBILENET_V2_035.is_file(), reason="shared weights not available")
 def test_weights_file_of_another_backbone_is_a_clear_error(tmp_path) -> None:
-    from stages.params import Params, with_overrides
     from stages.model import build_backbone, resolve_spec
+    from stages.params import Params, with_overrides
+    from stages.paths import Paths
 
     params = with_overrides(Params(), backbone="mobilenetv2", model={"alpha": 1.0, "weights": str(MOBILENET_V2_035)})
-    spec = resolve_spec(params, (32, 32, 3), 3, tmp_path)
-    with pytest.raises(ValueError, match=r"model.weights='.*mobilenet_v2_0.35_224_no_top.weights.h5' does not match backbone 'mobilenetv2' with alpha 1.0"):
+    spec = resolve_spec(params, (32, 32, 3), 3, Paths(tmp_path))
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"model.weights='.*mobilenet_v2_0.35_224_no_top.weights.h5' "
+            r"does not match backbone 'mobilenetv2' with alpha 1.0"
+        ),
+    ):
         build_backbone(spec)
 
 
 def test_weights_mirror_dir_is_used_for_imagenet(tmp_path) -> None:
-    from stages.params import Params, with_overrides
     from stages.model import resolve_spec
+    from stages.params import Params, with_overrides
+    from stages.paths import Paths
 
     params = with_overrides(
-        Params(), backbone="mobilenetv2", model={"alpha": 0.35, "weights": "imagenet", "weights_dir": str(MOBILENET_V2_035.parent)}
+        Params(),
+        backbone="mobilenetv2",
+        model={"alpha": 0.35, "weights": "imagenet", "weights_dir": str(MOBILENET_V2_035.parent)},
     )
-    spec = resolve_spec(params, (32, 32, 3), 3, tmp_path)
+    spec = resolve_spec(params, (32, 32, 3), 3, Paths(tmp_path))
     assert spec.weights == str(MOBILENET_V2_035.resolve()) or not MOBILENET_V2_035.is_file()
     # A backbone with no file in the mirror falls back to the Keras download.
-    other = resolve_spec(with_overrides(params, backbone="vgg16", model={"alpha": None}), (32, 32, 3), 3, tmp_path)
+    other = resolve_spec(
+        with_overrides(params, backbone="vgg16", model={"alpha": None}), (32, 32, 3), 3, Paths(tmp_path)
+    )
     assert other.weights == "imagenet" and other.weights_id.startswith("imagenet@keras-")
     # A missing mirror is not an error (a machine without ../shared): the download is the fallback.
-    missing = resolve_spec(with_overrides(params, model={"weights_dir": "nowhere"}), (32, 32, 3), 3, tmp_path)
+    missing = resolve_spec(with_overrides(params, model={"weights_dir": "nowhere"}), (32, 32, 3), 3, Paths(tmp_path))
     assert missing.weights == "imagenet"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stages import benchmark
-from stages.model_io import ModelError
+from stages import bench_timing, benchmark
+from stages.errors import ModelError
 from stages.onnx_io import CPU, ProviderError, gpu_device_present
 from stages.params import ParamsError, parse_params, with_overrides
 from stages.paths import Paths
@@ -48,9 +48,9 @@ def test_benchmark_stage_measures_every_model_and_keras(project: Path) -> None:
 
 def test_time_calls_by_count_and_by_duration() -> None:
     calls = []
-    assert len(benchmark.time_calls(lambda: calls.append(1), warmup=2, iterations=5, duration_s=None)) == 5
+    assert len(bench_timing.time_calls(lambda: calls.append(1), warmup=2, iterations=5, duration_s=None)) == 5
     assert len(calls) == 7
-    assert len(benchmark.time_calls(lambda: None, warmup=0, iterations=1, duration_s=0.05)) > 1
+    assert len(bench_timing.time_calls(lambda: None, warmup=0, iterations=1, duration_s=0.05)) > 1
 
 
 def test_batch_size_zero_is_a_params_error() -> None:
@@ -67,7 +67,9 @@ def test_missing_onnx_and_unavailable_provider_write_nothing(project: Path, tmp_
     if gpu_device_present():
         pytest.skip("a GPU is present: CUDA may really be available")
     shutil.copytree(project / "models", tmp_path / "models")
-    params = with_overrides(tiny_params(), benchmark={"providers": ["CUDAExecutionProvider", CPU], "allow_fallback": False})
+    params = with_overrides(
+        tiny_params(), benchmark={"providers": ["CUDAExecutionProvider", CPU], "allow_fallback": False}
+    )
     with pytest.raises(ProviderError, match="CUDAExecutionProvider not available .*available: CPUExecutionProvider"):
         benchmark.run(params, Paths(tmp_path))
     assert not (tmp_path / "reports").exists()

@@ -13,6 +13,7 @@ import yaml
 from tests.conftest import BIN, REPO, sh
 from tests.inputs import make_class_tree, tar_tree
 
+
 def project_copy(dest: Path, data_path: Path) -> Path:
     """A fresh git+DVC repo holding the project's code and pipeline, pointed at `data_path`."""
     shutil.copytree(REPO / "stages", dest / "stages", ignore=shutil.ignore_patterns("__pycache__"))

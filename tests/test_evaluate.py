@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages import evaluate
-from stages.model_io import ModelError
+from stages import evaluate, evaluate_metrics, evaluate_plots
+from stages.errors import ModelError
 from stages.paths import Paths
 from tests.tiny_models import CLASSES, tiny_params, tiny_project
 
@@ -23,14 +23,14 @@ def project(tmp_path_factory) -> Path:
 def test_confusion_and_per_class_scores() -> None:
     labels = np.array([0, 0, 0, 1, 1, 2])
     predicted = np.array([0, 0, 1, 1, 0, 0])
-    cm = evaluate.confusion_matrix(labels, predicted, 3)
+    cm = evaluate_metrics.confusion_matrix(labels, predicted, 3)
     assert cm.tolist() == [[2, 1, 0], [1, 1, 0], [1, 0, 0]]
-    s = evaluate.per_class_scores(cm)
+    s = evaluate_metrics.per_class_scores(cm)
     assert s["precision"] == pytest.approx([2 / 4, 1 / 2, 0.0])  # class 2 never predicted: 0, not NaN
     assert s["recall"] == pytest.approx([2 / 3, 1 / 2, 0.0])
     assert s["f1"][0] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
     assert s["support"].tolist() == [3, 2, 1]
-    pairs = evaluate.most_confused(cm, ["a", "b", "c"], 5)
+    pairs = evaluate_metrics.most_confused(cm, ["a", "b", "c"], 5)
     assert [(p["true"], p["predicted"], p["count"]) for p in pairs] == [("a", "b", 1), ("b", "a", 1), ("c", "a", 1)]
     assert pairs[2]["share_of_true"] == 1.0
 
@@ -38,17 +38,17 @@ def test_confusion_and_per_class_scores() -> None:
 def test_top_k_loss_and_calibration() -> None:
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1], [0.05, 0.05, 0.9]])
     labels = np.array([0, 1, 1, 2])
-    assert evaluate.top_k_accuracy(probs, labels, 1) == 0.5
-    assert evaluate.top_k_accuracy(probs, labels, 2) == 1.0
-    assert evaluate.top_k_accuracy(probs, labels, 5) == 1.0  # k larger than the classes: all of them
-    assert evaluate.log_loss(probs, labels) == pytest.approx(-np.mean(np.log([0.7, 0.3, 0.4, 0.9])))
-    ece, table = evaluate.calibration(probs, labels, bins=2)
+    assert evaluate_metrics.top_k_accuracy(probs, labels, 1) == 0.5
+    assert evaluate_metrics.top_k_accuracy(probs, labels, 2) == 1.0
+    assert evaluate_metrics.top_k_accuracy(probs, labels, 5) == 1.0  # k larger than the classes: all of them
+    assert evaluate_metrics.log_loss(probs, labels) == pytest.approx(-np.mean(np.log([0.7, 0.3, 0.4, 0.9])))
+    ece, table = evaluate_metrics.calibration(probs, labels, bins=2)
     # bin (0, .5]: conf .5 wrong -> |0 - .5|; bin (.5, 1]: conf .7 .6 .9, right, wrong, right.
     expected = 1 / 4 * 0.5 + 3 / 4 * abs(2 / 3 - (0.7 + 0.6 + 0.9) / 3)
     assert ece == pytest.approx(expected)
     assert [r["count"] for r in table] == [1, 3]
     perfect = np.eye(3)[[0, 1, 2]]
-    assert evaluate.calibration(perfect, np.array([0, 1, 2]), 10)[0] == pytest.approx(0.0)
+    assert evaluate_metrics.calibration(perfect, np.array([0, 1, 2]), 10)[0] == pytest.approx(0.0)
 
 
 def test_prediction_grid_shows_every_class_its_worst_mistakes_and_correct_ones() -> None:
@@ -57,9 +57,9 @@ def test_prediction_grid_shows_every_class_its_worst_mistakes_and_correct_ones()
     confidence = np.array([0.6, 0.9, 0.8, 0.7, 0.5, 0.4, 0.9, 0.3])
     # Round 1: each class's first entry (class 0: its most confident mistake, index 1);
     # round 2: a correct one, then the remaining mistakes and correct ones.
-    assert evaluate.grid_selection(labels, predicted, confidence, 6).tolist() == [1, 5, 6, 2, 3, 7]
-    assert evaluate.grid_selection(labels, predicted, confidence, 100).tolist() == [1, 5, 6, 2, 3, 7, 0, 4]
-    assert evaluate.grid_selection(labels, predicted, confidence, 0).tolist() == []
+    assert evaluate_plots.grid_selection(labels, predicted, confidence, 6).tolist() == [1, 5, 6, 2, 3, 7]
+    assert evaluate_plots.grid_selection(labels, predicted, confidence, 100).tolist() == [1, 5, 6, 2, 3, 7, 0, 4]
+    assert evaluate_plots.grid_selection(labels, predicted, confidence, 0).tolist() == []
 
 
 def test_evaluate_stage_reports(project: Path) -> None:

@@ -12,10 +12,13 @@ import pytest
 
 from stages import export
 from stages.dataset import load_info, load_split
-from stages.model_io import ModelError, keras_predict, load_keras_model
+from stages.errors import ModelError
+from stages.model_io import keras_predict, load_keras_model
 from stages.onnx_io import CPU, INPUT_NAME, OUTPUT_NAME, ProviderError, gpu_device_present, open_model
-from stages.params import ParityParams, with_overrides
+from stages.params import with_overrides
+from stages.params_outputs import ParityParams
 from stages.paths import Paths
+from stages.quantize import calibration_images, to_int8
 from tests.tiny_models import CLASSES, tiny_params, tiny_project
 
 
@@ -69,11 +72,17 @@ def test_export_writes_uint8_onnx_with_variants_and_parity(project: Path) -> Non
 
 def test_int8_qoperator_and_entropy_variants_run(project: Path, tmp_path: Path) -> None:
     paths = Paths(project)
-    calib = export.calibration_images(paths, 16, seed=0)
+    calib = calibration_images(paths, 16, seed=0)
     base = tiny_params().export.int8
     for fmt, method in (("qoperator", "minmax"), ("qdq", "entropy")):
         out = tmp_path / f"{fmt}-{method}.onnx"
-        export.to_int8(paths.onnx_model, out, calib, base.model_copy(update={"format": fmt, "method": method}), 8)
+        to_int8(
+            paths.onnx_model,
+            out,
+            calibration=calib,
+            p=base.model_copy(update={"format": fmt, "method": method}),
+            batch_size=8,
+        )
         probs = open_model(out, info=load_info(paths.prepared)).predict(calib[:4], 4)
         assert probs.shape == (4, len(CLASSES))
 
@@ -111,7 +120,9 @@ def test_missing_and_corrupt_keras_model(prepared_dir: Path) -> None:
 
 def test_keras_model_must_fit_the_data(project: Path, tmp_path: Path) -> None:
     info = load_info(Paths(project).prepared)
-    with pytest.raises(ModelError, match=r"input shape \(None, 32, 32, 3\) does not match the data's images \(None, 48, 48, 3\)"):
+    with pytest.raises(
+        ModelError, match=r"input shape \(None, 32, 32, 3\) does not match the data's images \(None, 48, 48, 3\)"
+    ):
         load_keras_model(Paths(project).model, replace(info, image_shape=(48, 48, 3)))
     with pytest.raises(ModelError, match="3 outputs but the data has 4 classes"):
         load_keras_model(Paths(project).model, replace(info, classes=[*CLASSES, "owl"]))
@@ -126,7 +137,9 @@ def test_onnx_bad_files_and_input_mismatch(project: Path, tmp_path: Path) -> Non
     corrupt.write_bytes(paths.onnx_model.read_bytes()[:1000])
     with pytest.raises(ModelError, match="corrupt.onnx: not a loadable ONNX model"):
         open_model(corrupt)
-    with pytest.raises(ModelError, match=r"has shape \['batch', 32, 32, 3\]; the data's images need \[batch, 48, 48, 3\]"):
+    with pytest.raises(
+        ModelError, match=r"has shape \['batch', 32, 32, 3\]; the data's images need \[batch, 48, 48, 3\]"
+    ):
         open_model(paths.onnx_model, info=replace(info, image_shape=(48, 48, 3)))
     with pytest.raises(ModelError, match="3 outputs but the data has 4 classes"):
         open_model(paths.onnx_model, info=replace(info, classes=[*CLASSES, "owl"]))
@@ -134,7 +147,9 @@ def test_onnx_bad_files_and_input_mismatch(project: Path, tmp_path: Path) -> Non
 
 def test_unavailable_provider_is_an_error_unless_fallback(project: Path) -> None:
     path = Paths(project).onnx_model
-    with pytest.raises(ProviderError, match="OpenVINOExecutionProvider not available .*available: .*CPUExecutionProvider"):
+    with pytest.raises(
+        ProviderError, match="OpenVINOExecutionProvider not available .*available: .*CPUExecutionProvider"
+    ):
         open_model(path, ["OpenVINOExecutionProvider", CPU])
     model = open_model(path, ["OpenVINOExecutionProvider", CPU], allow_fallback=True)
     assert model.provider == CPU

@@ -52,6 +52,10 @@ def trained(head_project: Path, tmp_path: Path) -> Path:
     return root
 
 
+def timings(root: Path) -> dict:
+    return json.loads((Paths(root).reports("finetune") / "timings.json").read_text())
+
+
 def finetune_run(params, paths: Paths, **kwargs) -> dict:
     from stages import finetune
 
@@ -75,14 +79,14 @@ def test_finetune_trains_the_top_blocks_keeps_batchnorm_frozen_and_resumes_after
     assert reference["unfrozen"]["first_block"] == "block_16" and reference["unfrozen"]["blocks"] == 2
     changed = {
         layer.name
-        for layer, before in zip(tuned.layers, head.layers)
-        if any(not np.array_equal(a, b) for a, b in zip(layer.get_weights(), before.get_weights()))
+        for layer, before in zip(tuned.layers, head.layers, strict=False)
+        if any(not np.array_equal(a, b) for a, b in zip(layer.get_weights(), before.get_weights(), strict=False))
     }
     assert "Conv_1" in changed and "block_16_project" in changed
     assert not any(name.startswith(("block_15", "block_1_", "Conv1")) for name in changed), changed
     # BatchNorm: frozen, moving statistics untouched.
     assert not any(type(tuned.get_layer(n)).__name__ == "BatchNormalization" for n in changed)
-    assert reference["enabled"] == 1 and reference["epochs_run"] == 2 and reference["resumed"] == 0
+    assert reference["enabled"] == 1 and reference["epochs_run"] == 2 and timings(other)["resumed"] == 0
     reports = Paths(other).reports("finetune")
     assert json.loads((reports / "metrics.json").read_text()) == reference
     assert (reports / "plots" / "metrics" / "val" / "accuracy.tsv").is_file()
@@ -100,9 +104,9 @@ def test_finetune_trains_the_top_blocks_keeps_batchnorm_frozen_and_resumes_after
     with caplog.at_level(logging.INFO, logger="stages"):
         resumed = finetune_run(params, paths)
     assert "finetune: resuming from epoch 2 step 4" in caplog.text
-    assert resumed["resumed"] == 1 and resumed["epochs_run"] == 2
+    assert timings(trained)["resumed"] == 1 and resumed["epochs_run"] == 2
     # Ends exactly as if never killed: same batches, optimizer state, dropout RNG, schedule.
-    for a, b in zip(weights_of(paths.model), weights_of(Paths(other).model)):
+    for a, b in zip(weights_of(paths.model), weights_of(Paths(other).model), strict=False):
         np.testing.assert_array_equal(a, b)
     assert resumed["best"] == reference["best"] and resumed["val"] == reference["val"]
 
@@ -110,9 +114,17 @@ def test_finetune_trains_the_top_blocks_keeps_batchnorm_frozen_and_resumes_after
 @pytest.mark.parametrize(
     "unfreeze, message",
     [
-        ({"top_blocks": None, "top_layers": 500}, r"finetune.unfreeze.top_layers=500 is beyond the depth of backbone 'mobilenetv2': expected at most 153 layers"),
+        (
+            {"top_blocks": None, "top_layers": 500},
+            r"finetune.unfreeze.top_layers=500 is beyond the depth "
+            r"of backbone 'mobilenetv2': expected at most 153 layers",
+        ),
         ({"top_blocks": 40}, r"finetune.unfreeze.top_blocks=40 is beyond the 19 blocks of backbone 'mobilenetv2'"),
-        ({"top_blocks": None, "from_block": "mixed9"}, r"finetune.unfreeze.from_block='mixed9' is not a block of backbone 'mobilenetv2'; expected one of: stem, block_0, block_1"),
+        (
+            {"top_blocks": None, "from_block": "mixed9"},
+            r"finetune.unfreeze.from_block='mixed9' is not a block of "
+            r"backbone 'mobilenetv2'; expected one of: stem, block_0, block_1",
+        ),
     ],
 )
 def test_unfreezing_beyond_the_backbone_is_a_clear_error(trained: Path, unfreeze: dict, message: str) -> None:
@@ -155,6 +167,7 @@ def test_cli_trains_and_finetunes_with_mirrored_strategy_on_two_logical_cpus(pre
     assert proc.returncode == 0, proc.stderr[-3000:]
     for stage in ("train", "finetune"):
         config = json.loads((prepared_dir / "reports" / stage / "config.json").read_text())
-        assert config["runtime"]["strategy"] == "MirroredStrategy" and config["runtime"]["replicas"] == 2
+        run = json.loads((prepared_dir / "reports" / stage / "timings.json").read_text())
+        assert config["runtime"]["strategy"] == "MirroredStrategy" and run["replicas"] == 2
     assert (prepared_dir / "models" / "model.keras").is_file()
     assert "finetune epoch 1/1" in proc.stderr  # the per-epoch log line reaches the console

@@ -40,14 +40,19 @@ def tiny_params(data_path: Path) -> dict[str, Any]:
     p["model"].update(image_size=32, alpha=0.35, weights=TINY_WEIGHTS, weights_dir=None)
     p["train"].update(epochs=1, batch_size=8, feature_batch_size=32)
     p["finetune"].update(
-        epochs=1, batch_size=8, steps_per_epoch=2, backup_every_steps=0,
+        epochs=1,
+        batch_size=8,
+        steps_per_epoch=2,
+        backup_every_steps=0,
         unfreeze={"top_layers": None, "top_blocks": 1, "from_block": None, "from_layer": None},
-    )  # fmt: skip
+    )
     p["evaluate"].update(batch_size=16, grid_images=4)
     p["export"].update(
-        parity={"images": 8, "max_abs_diff": 1e-3, "min_top1_agreement": 0.9}, variants=[], batch_size=16,
+        parity={"images": 8, "max_abs_diff": 1e-3, "min_top1_agreement": 0.9},
+        variants=[],
+        batch_size=16,
         max_variant_accuracy_drop=100.0,
-    )  # fmt: skip
+    )
     p["export"]["int8"]["calibration_images"] = 8
     p["benchmark"].update(
         providers=["CPUExecutionProvider"], batch_sizes=[1, 4], warmup=1, iterations=2, keras_baseline=False
@@ -76,12 +81,17 @@ def env() -> dict[str, str]:
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "DVC_NO_ANALYTICS": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x",
-    }  # fmt: skip
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@x",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@x",
+    }
 
 
 def run(cwd: Path, *args: str, extra_env: dict[str, str] | None = None, timeout: float = 300) -> str:
-    proc = subprocess.run(args, cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        args, cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -118,8 +128,9 @@ def prefect_server(tmp_path_factory) -> Iterator[dict[str, str]]:
     proc = subprocess.Popen(
         ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
         env={**env(), **server_env, "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"},
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_healthy(url, proc, home / "server.log")
         print(f"prefect server healthy after {time.perf_counter() - start:.1f} s (fresh database)")
@@ -168,7 +179,9 @@ def artifact(flow_run_id: UUID, key: str) -> Any:
 
     with client() as c:
         found = c.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=[key]))
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=[key])
+            )
         )
     assert found, f"flow run {flow_run_id} created no artifact {key!r}"
     data = found[0].data
@@ -202,8 +215,13 @@ def log_text(flow_run_id: UUID, expect: tuple[str, ...] = (), timeout: float = 3
 
 def next_scheduled_run(deployment_id: UUID, timeout: float = 30) -> Any:
     """The earliest run the server's scheduler created for a deployment."""
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState
-    from prefect.client.schemas.filters import FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
 
@@ -212,7 +230,9 @@ def next_scheduled_run(deployment_id: UUID, timeout: float = 30) -> Any:
         while True:
             runs = c.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+                ),
                 sort=FlowRunSort.EXPECTED_START_TIME_ASC,
                 limit=1,
             )
@@ -251,7 +271,9 @@ def test_pipeline_flow_runs_every_stage_of_dvc_yaml_as_a_task(project) -> None:
 
     logs = log_text(state.state_details.flow_run_id, expect=("Running stage 'train'", "python -m stages.train"))
     assert "Running stage 'train'" in logs and "python -m stages.train" in logs  # stage output streamed
-    metrics = {(r["stage"], r["metric"]): r["value"] for r in artifact(state.state_details.flow_run_id, "pipeline-metrics")}
+    metrics = {
+        (r["stage"], r["metric"]): r["value"] for r in artifact(state.state_details.flow_run_id, "pipeline-metrics")
+    }
     evaluate = json.loads((root / "reports/evaluate/metrics.json").read_text())
     assert metrics[("evaluate", "accuracy")] == pytest.approx(evaluate["accuracy"])
     bench = json.loads((root / "reports/benchmark/metrics.json").read_text())
@@ -387,14 +409,22 @@ def test_scheduled_deployments_are_created_and_one_runs_to_completion(project, p
     assert [(s.schedule.cron, s.active) for s in weekly.schedules] == [("0 3 * * 6", True)]
     assert nightly.work_pool_name == weekly.work_pool_name == "tlpipe"
     assert weekly.parameters["backbones"] == ["mobilenetv2", "mobilenet"]
-    assert nightly.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(root.resolve())}}]
+    assert nightly.pull_steps == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": str(root.resolve())}}
+    ]
     # The server's scheduler turns the cron into runs: the next nightly one is due at 02:00 UTC.
     assert next_scheduled_run(nightly.id).expected_start_time.astimezone(timezone.utc).strftime("%H:%M") == "02:00"
 
     out = run(
-        root, prefect, "deployment", "run", "pipeline/nightly-reproduce", "--param", 'overrides=["evaluate.top_confusions=2"]',
+        root,
+        prefect,
+        "deployment",
+        "run",
+        "pipeline/nightly-reproduce",
+        "--param",
+        'overrides=["evaluate.top_confusions=2"]',
         extra_env=prefect_server,
-    )  # fmt: skip
+    )
     flow_run_id = UUID(next(line.split()[-1] for line in out.splitlines() if "UUID" in line))
     # A real process worker: polls once, runs what is due (our run, not tomorrow's), waits for it.
     run(root.parent, prefect, "worker", "start", "--pool", "tlpipe", "--run-once", extra_env=prefect_server)

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from flows import dvc_runner
-from flows.compare import Entry, escaping_path_overrides, leaderboard_row, set_params
+from flows.compare_plan import Entry, escaping_path_overrides, set_params
+from flows.leaderboard import leaderboard_row
 from flows.overrides import OverrideError, apply_overrides, override_keys
 from flows.pipeline import headline, retries_for
 from tests.conftest import REPO
@@ -43,7 +44,9 @@ def test_paths_leaving_the_project_become_absolute_for_the_stages_that_rerun(tmp
     root = tmp_path / "repo"
     root.mkdir()
     (root / "params.yaml").write_text(
-        yaml.safe_dump({"data": {"path": "../images.tar.gz"}, "model": {"weights_dir": "../weights", "weights": "none"}})
+        yaml.safe_dump(
+            {"data": {"path": "../images.tar.gz"}, "model": {"weights_dir": "../weights", "weights": "none"}}
+        )
     )
     assert escaping_path_overrides(root, pipe, ["train"]) == [f"model.weights_dir={tmp_path / 'weights'}"]
     assert f"data.path={tmp_path / 'images.tar.gz'}" in escaping_path_overrides(root, pipe, ["ingest", "train"])
@@ -51,14 +54,22 @@ def test_paths_leaving_the_project_become_absolute_for_the_stages_that_rerun(tmp
     entry = Entry("mobilenet", "m", ("backbone=mobilenet", "model.weights_dir=/mirror"))
     fix = [f"model.weights_dir={tmp_path / 'weights'}", f"data.path={tmp_path / 'images.tar.gz'}"]
     assert set_params(entry, fix) == [
-        "-S", "backbone=mobilenet", "-S", "model.weights_dir=/mirror", "-S", f"data.path={tmp_path / 'images.tar.gz'}"
-    ]  # fmt: skip
+        "-S",
+        "backbone=mobilenet",
+        "-S",
+        "model.weights_dir=/mirror",
+        "-S",
+        f"data.path={tmp_path / 'images.tar.gz'}",
+    ]
 
 
 def test_dvc_report_lines_say_what_happened_to_a_stage() -> None:
     assert dvc_runner.stage_outcome("train", ["Running stage 'train':", "> python -m stages.train"]) == "ran"
     assert dvc_runner.stage_outcome("train", ["Stage 'train' didn't change, skipping"]) == "skipped"
-    assert dvc_runner.stage_outcome("train", ["Stage 'train' is cached - skipping run, checking out outputs"]) == "restored"
+    assert (
+        dvc_runner.stage_outcome("train", ["Stage 'train' is cached - skipping run, checking out outputs"])
+        == "restored"
+    )
     assert dvc_runner.stage_outcome("train", ["Stage 'training' didn't change, skipping"]) is None
     out = ["noise"] * 300 + ["error: data.path: x does not exist", "  - detail", "ERROR: failed to reproduce 'ingest'"]
     assert dvc_runner.failure_reason(out).splitlines() == out[-3:]
@@ -110,9 +121,11 @@ def test_leaderboard_row_reads_an_experiment_of_dvc_exp_show() -> None:
         "data": {
             "metrics": {
                 "reports/evaluate/metrics.json": {"data": {"accuracy": 0.91}},
-                "reports/benchmark/metrics.json": {"data": {"headline_batch": 32, "throughput_median": {"onnx-fp32": {"b32": 812.5}}}},
-                "reports/train/metrics.json": {"data": {"total_seconds": 100.0}},
-                "reports/finetune/metrics.json": {"data": {"total_seconds": 250.5}},
+                "reports/benchmark/metrics.json": {
+                    "data": {"headline_batch": 32, "throughput_median": {"onnx-fp32": {"b32": 812.5}}}
+                },
+                "reports/train/timings.json": {"data": {"total_seconds": 100.0}},
+                "reports/finetune/timings.json": {"data": {"total_seconds": 250.5}},
             },
             "outs": {"models/model.onnx": {"size": 9 * 2**20}},
         },
@@ -120,8 +133,16 @@ def test_leaderboard_row_reads_an_experiment_of_dvc_exp_show() -> None:
     entry = Entry("mobilenet", "mobilenet-20260101-000000", ("backbone=mobilenet", "train.epochs=5"))
     row = leaderboard_row(entry, exp, run_s=400.0)
     assert row == {
-        "backbone": "mobilenet", "experiment": "mobilenet-20260101-000000", "status": "success", "accuracy": 0.91,
-        "model_mb": 9.0, "throughput_img_s": 812.5, "throughput_batch": 32, "train_s": 350.5, "run_s": 400.0,
-        "overrides": "train.epochs=5", "error": None,
-    }  # fmt: skip
+        "backbone": "mobilenet",
+        "experiment": "mobilenet-20260101-000000",
+        "status": "success",
+        "accuracy": 0.91,
+        "model_mb": 9.0,
+        "throughput_img_s": 812.5,
+        "throughput_batch": 32,
+        "train_s": 350.5,
+        "run_s": 400.0,
+        "overrides": "train.epochs=5",
+        "error": None,
+    }
     assert leaderboard_row(entry, None, error="error: out of memory\ntraceback")["status"] == "failed"

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from stages import ingest
-from stages.dataset import CIFAR10_CLASSES, DataError, load_info, load_split
+from stages.dataset import CIFAR10_CLASSES, load_info, load_split
+from stages.errors import DataError
+from stages.hashing import sha256_file
 from stages.params import ParamsError, parse_params
 from stages.paths import Paths
-from stages.sources import sha256_file
 from tests.conftest import REPO, synthetic_images
 from tests.inputs import make_cifar_tarball, make_class_tree, save_image, tar_tree
 
@@ -68,7 +69,7 @@ def test_cifar_label_out_of_range(tmp_path: Path) -> None:
 
 def test_pickle_with_code_is_refused_even_with_matching_checksum(tmp_path: Path) -> None:
     class Evil:
-        def __reduce__(self):  # noqa: ANN204
+        def __reduce__(self):
             return (print, ("pwned",))
 
     import pickle
@@ -246,9 +247,12 @@ def test_params_errors_name_the_key(tmp_path: Path) -> None:
 def test_cli_reports_bad_params_and_exits_nonzero(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("seed: 1\nbackbone: mobilenetv2\ndata:\n  sourse: folder\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "stages.ingest"], cwd=tmp_path, capture_output=True, text=True,
+        [sys.executable, "-m", "stages.ingest"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
+    )
     assert proc.returncode == 1
     assert "params.yaml: invalid parameters:" in proc.stderr
     assert "data.sourse: unknown key" in proc.stderr

@@ -15,13 +15,14 @@ WEIGHTS = str(MOBILENET_V2_035) if MOBILENET_V2_035.is_file() else "none"
 
 def small_spec(tmp_path: Path, backbone: str = "mobilenetv2", size: int = 48, **model: object):
     from stages.model import resolve_spec
+    from stages.paths import Paths
 
     alpha = {"alpha": 0.35} if backbone == "mobilenetv2" else {}
     weights = WEIGHTS if backbone == "mobilenetv2" else "none"
     params = with_overrides(
         Params(), backbone=backbone, model={"image_size": size, "weights": weights, **alpha, **model}
     )
-    return resolve_spec(params, (32, 32, 3), 3, tmp_path)
+    return resolve_spec(params, (32, 32, 3), 3, Paths(tmp_path))
 
 
 def test_saved_model_takes_pixels_and_loads_without_custom_objects(tmp_path: Path) -> None:
@@ -48,8 +49,9 @@ def test_saved_model_takes_pixels_and_loads_without_custom_objects(tmp_path: Pat
 
 def test_backbone_runs_in_inference_mode_even_when_the_model_trains(tmp_path: Path) -> None:
     """Keras 3 passes training=True into nested models during fit; frozen BatchNorm ignores it."""
-    from stages.model import build_classifier, unfreeze
-    from stages.params import UnfreezeParams
+    from stages.model import build_classifier
+    from stages.params_training import UnfreezeParams
+    from stages.unfreeze import unfreeze
 
     spec = small_spec(tmp_path, size=32)
     clf = build_classifier(spec)
@@ -135,7 +137,7 @@ def test_head_is_a_function_of_the_seed_alone(tmp_path: Path) -> None:
         return [w.copy() for w in head.get_weights()], np.asarray(head(x, training=True))
 
     (w_a, out_a), (w_b, out_b) = head_after(0), head_after(5)
-    for a, b in zip(w_a, w_b):
+    for a, b in zip(w_a, w_b, strict=False):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(out_a, out_b)
     from dataclasses import replace

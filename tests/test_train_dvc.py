@@ -17,7 +17,9 @@ from tests.inputs import make_class_tree, tar_tree
 @pytest.mark.slow
 @pytest.mark.skipif(not MOBILENET_V2_035.is_file(), reason="shared weights not available")
 def test_dvc_repro_and_experiments_compare_train_and_finetune_runs(tmp_path: Path) -> None:
-    archive = tar_tree(make_class_tree(tmp_path / "src", ["cat", "dog", "frog"], {"train": 24}, size=32), tmp_path / "d.tgz")
+    archive = tar_tree(
+        make_class_tree(tmp_path / "src", ["cat", "dog", "frog"], {"train": 24}, size=32), tmp_path / "d.tgz"
+    )
     repo = tmp_path / "repo"
     repo.mkdir()
     for sub in ("stages", "presets"):
@@ -29,7 +31,9 @@ def test_dvc_repro_and_experiments_compare_train_and_finetune_runs(tmp_path: Pat
     # The repo's own params.yaml, shrunk: 32 px, α=0.35 from the shared mirror, one short epoch.
     params["model"].update(image_size=32, alpha=0.35, weights_dir=str(MOBILENET_V2_035.parent))
     params["train"].update(epochs=2, batch_size=8)
-    params["finetune"].update(epochs=1, batch_size=8, unfreeze={"top_layers": None, "top_blocks": 2, "from_block": None, "from_layer": None})
+    params["finetune"].update(
+        epochs=1, batch_size=8, unfreeze={"top_layers": None, "top_blocks": 2, "from_block": None, "from_layer": None}
+    )
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh("git", "init", "-q", "-b", "main", cwd=repo)
     sh("dvc", "init", "-q", cwd=repo)
@@ -44,7 +48,11 @@ def test_dvc_repro_and_experiments_compare_train_and_finetune_runs(tmp_path: Pat
     out = sh("dvc", "exp", "run", "-n", "lr", "-S", "finetune.learning_rate=0.001", "finetune", cwd=repo)
     assert "Running stage 'finetune'" in out and "Running stage 'train'" not in out
     rows = json.loads(sh("dvc", "exp", "show", "--json", cwd=repo))
-    runs = {r.get("name") or r["rev"]: r for row in rows for r in [row, *[e for ex in row.get("experiments") or [] for e in ex["revs"]]]}
+    runs = {
+        r.get("name") or r["rev"]: r
+        for row in rows
+        for r in [row, *[e for ex in row.get("experiments") or [] for e in ex["revs"]]]
+    }
     for name in ("main", "lr"):
         metrics = runs[name]["data"]["metrics"]
         assert 0 <= metrics["reports/finetune/metrics.json"]["data"]["best"]["val_accuracy"] <= 1, name

@@ -64,9 +64,7 @@ def test_cli_prints_overrides_and_rejects_unknown_presets(capsys) -> None:
 
 
 # InceptionV3 and ResNet50 spend ~25 s each tracing their backward pass: slow-marked.
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in SEEDS]
-)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in SEEDS])
 def test_seed_presets_run_at_tiny_size(name: str, tmp_path: Path) -> None:
     """train + finetune with the seed's own backbone, unfreezing, optimizer and schedule."""
     from stages import finetune

@@ -1,0 +1,100 @@
+"""params.yaml sections of the stages after training: `evaluate`, `export` and `benchmark`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from stages.params_base import Section
+
+
+class EvaluateParams(Section):
+    batch_size: int = Field(256, gt=0)
+    # Equal-width confidence bins of the expected calibration error and the reliability diagram.
+    calibration_bins: int = Field(15, gt=1)
+    # How many (true, predicted) class pairs the most-confused table lists.
+    top_confusions: int = Field(10, gt=0)
+    # Test images in the prediction grid (misclassified ones first, then correct ones).
+    grid_images: int = Field(36, gt=0)
+
+
+class ParityParams(Section):
+    """Keras vs onnxruntime (CPU) on a seeded sample of test images: the export fails past these limits."""
+
+    images: int = Field(256, gt=0)
+    max_abs_diff: float = Field(1e-3, gt=0)
+    min_top1_agreement: float = Field(0.999, gt=0, le=1)
+
+
+class Int8Params(Section):
+    """Static post-training quantization (onnxruntime.quantization.quantize_static)."""
+
+    # Calibration images, drawn (seeded) from the train split; never from the test split.
+    calibration_images: int = Field(512, gt=0)
+    per_channel: bool = True
+    # qdq: QuantizeLinear/DequantizeLinear pairs (portable: TensorRT, CUDA, CPU);
+    # qoperator: QLinearConv & co. (CPU only).
+    format: Literal["qdq", "qoperator"] = "qdq"
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    # Quantize weights to 7 bits: avoids int16 overflow in u8s8 kernels on CPUs without VNNI.
+    reduce_range: bool = False
+
+
+class ExportParams(Section):
+    opset: int = Field(17, ge=13, le=21)
+    parity: ParityParams = ParityParams()
+    variants: list[Literal["fp16", "int8"]] = ["fp16", "int8"]
+    int8: Int8Params = Int8Params()
+    # A variant may lose at most this much top-1 (in points) against float32, else export fails.
+    max_variant_accuracy_drop: float = Field(3.0, ge=0)
+    # Batch size of the onnxruntime passes (parity, variant scoring, calibration).
+    batch_size: int = Field(64, gt=0)
+    # Test images the variants are scored on (null: the whole test split).
+    eval_images: int | None = Field(None, gt=0)
+
+    @field_validator("variants")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"variants must not repeat, got {v}")
+        return v
+
+
+ProviderName = Literal["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class BenchmarkParams(Section):
+    # In order of preference. onnxruntime lists GPU providers as available even without a GPU,
+    # so the provider the session really runs on is read back and recorded.
+    providers: list[ProviderName] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    # false: a session that does not run on the first provider listed is an error.
+    allow_fallback: bool = True
+    batch_sizes: list[int] = [1, 8, 32]
+    warmup: int = Field(5, ge=0)
+    # Timed runs per (model, batch size); duration_s, when set, runs for that long instead.
+    iterations: int = Field(30, gt=0)
+    duration_s: float | None = Field(None, gt=0)
+    # The models take turns this many times per batch size (iterations are split between the
+    # turns), so that a change of machine load hits every model alike.
+    rounds: int = Field(3, gt=0)
+    keras_baseline: bool = True
+    threads: int = Field(0, ge=0)  # intra-op threads; 0: onnxruntime's default (one per core)
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    # On CUDA/TensorRT: bind the input to the GPU once, keep outputs there (no host copies in the
+    # timed call). Not used on CPU, where it made onnxruntime 1.31.1 slower.
+    io_binding: bool = True
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if not v or any(b <= 0 for b in v):
+            raise ValueError(f"batch sizes must be a non-empty list of positive integers, got {v}")
+        return v
+
+    @field_validator("providers")
+    @classmethod
+    def _some(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"providers must be a non-empty list without repeats, got {v}")
+        return v

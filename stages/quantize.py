@@ -1,0 +1,76 @@
+"""Reduced-precision variants of the exported model: float16 and static int8 (onnxruntime's tools)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from stages.dataset import load_split
+from stages.onnx_io import INPUT_NAME
+from stages.params_outputs import Int8Params
+from stages.paths import Paths
+
+
+def to_fp16(fp32_path: Path, out_path: Path) -> None:
+    """Float16 weights and compute, float32/uint8 interface kept (onnxruntime's float16 converter)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    onnx.save(proto, str(out_path))
+
+
+def to_int8(fp32_path: Path, out_path: Path, *, calibration: np.ndarray, p: Int8Params, batch_size: int) -> None:
+    """Static INT8 quantization calibrated on `calibration` (uint8 train images)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, images: np.ndarray, batch_size: int) -> None:
+            self._batches = (
+                {INPUT_NAME: np.ascontiguousarray(images[i : i + batch_size])}
+                for i in range(0, len(images), batch_size)
+            )
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._batches, None)
+
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
+        pre = Path(tmp) / "preprocessed.onnx"
+        # Shape inference + graph folding first, as onnxruntime recommends; symbolic shape
+        # inference needs sympy and nothing here has symbolic shapes but the batch.
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        # The last softmax stays float: its uint8 output would round probabilities to 1/255.
+        softmax = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Softmax"]
+        quantize_static(
+            str(pre),
+            str(out_path),
+            Reader(calibration, batch_size),
+            quant_format=QuantFormat.QDQ if p.format == "qdq" else QuantFormat.QOperator,
+            per_channel=p.per_channel,
+            reduce_range=p.reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method={
+                "minmax": CalibrationMethod.MinMax,
+                "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile,
+            }[p.method],
+            nodes_to_exclude=softmax,
+        )
+
+
+def calibration_images(paths: Paths, n: int, seed: int) -> np.ndarray:
+    """`n` train images, a seeded sample so that calibration never sees the test split."""
+    x, _ = load_split(paths.prepared, "train")
+    idx = np.sort(np.random.default_rng(seed).permutation(len(x))[: min(n, len(x))])
+    return np.asarray(x[idx])

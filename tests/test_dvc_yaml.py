@@ -1,0 +1,78 @@
+"""dvc.yaml says exactly what each stage reads: the code it runs and the params keys it reads,
+derived from the code (tests/stage_deps.py) and from a traced run; and the committed dvc.lock was
+written by that code."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from flows.dvc_runner import read_pipeline
+from stages.hashing import md5_file
+from stages.params import RESULT_NEUTRAL_KEYS
+from tests.conftest import REPO
+from tests.stage_deps import code_deps, direct_imports, imported_modules, traced_reads
+
+STAGES = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
+
+
+def declared_deps(stage: str) -> list[str]:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]["deps"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_dvc_yaml_lists_every_module_a_stage_runs_and_no_other(stage: str) -> None:
+    listed = sorted(d for d in declared_deps(stage) if d.endswith(".py"))
+    derived = code_deps(stage)
+    assert listed == derived, (
+        f"dvc.yaml stage {stage!r}: missing {sorted(set(derived) - set(listed))}, "
+        f"not imported {sorted(set(listed) - set(derived))} (python -m tests.stage_deps prints the list)"
+    )
+
+
+def test_no_stage_module_imports_another() -> None:
+    for stage in STAGES:
+        others = {f"stages.{s}" for s in STAGES if s != stage}
+        reached = imported_modules(f"stages.{stage}")
+        assert not reached & others, f"stages.{stage} imports stage module(s) {sorted(reached & others)}"
+        assert direct_imports(f"stages.{stage}") <= reached
+
+
+def test_modules_stay_small() -> None:
+    sizes = {p: len(p.read_text().splitlines()) for d in ("stages", "flows", "tests") for p in (REPO / d).glob("*.py")}
+    largest = sorted(((n, str(p.relative_to(REPO))) for p, n in sizes.items()), reverse=True)[:3]
+    assert largest[0][0] < 300, largest
+
+
+def test_dvc_yaml_lists_the_params_each_stage_reads_and_no_other(reproduced) -> None:
+    pipe = read_pipeline(REPO)
+    for stage in STAGES:
+        declared = {key for file, keys in pipe.params[stage] if file == "params.yaml" for key in keys}
+        reads = traced_reads(reproduced["reads"], stage) - RESULT_NEUTRAL_KEYS
+        assert declared == reads, (
+            f"dvc.yaml stage {stage!r}: reads but does not list {sorted(reads - declared)}; "
+            f"lists but never read {sorted(declared - reads)}"
+        )
+
+
+def test_the_committed_dvc_lock_was_written_by_this_code() -> None:
+    """dvc.lock holds the hash of every code dependency and the value of every param it was run
+    with: they must be this checkout's, else the lock (and the metrics the README quotes) came from
+    other code. Regenerate it with `dvc repro`, never `dvc commit`."""
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(lock) == set(STAGES)
+    for stage, entry in lock.items():
+        code = {d["path"]: d["md5"] for d in entry["deps"] if d["path"].endswith(".py")}
+        assert sorted(code) == code_deps(stage), f"{stage}: dvc.lock lists other code than dvc.yaml"
+        stale = [path for path, digest in code.items() if md5_file(REPO / path) != digest]
+        assert not stale, f"{stage}: dvc.lock was written by other versions of {stale}; rerun `dvc repro`"
+        for key, value in (entry.get("params") or {}).get("params.yaml", {}).items():
+            now = _get(params, key)
+            assert now == value, f"{stage}: dvc.lock ran with {key}={value!r}, params.yaml has {now!r}"
+
+
+def _get(tree: dict, key: str) -> object:
+    for part in key.split("."):
+        tree = tree[part]
+    return tree

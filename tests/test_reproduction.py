@@ -1,0 +1,114 @@
+"""Reproduction that reproduces: the same inputs give the same bytes, so DVC recognises a rerun
+as one, restores instead of retraining, and a fresh clone leaves the committed dvc.lock as it is."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import REPO
+from tests.tiny_project import ran_stages, run
+
+# The files whose bytes may change between two runs on the same inputs: wall times and other
+# facts of a run, the benchmark's measurements, and the model card that quotes them.
+VOLATILE = re.compile(r"^reports/(\w+/timings\.json|benchmark/.*|model_card/.*)$")
+
+
+def lock_entries(root: Path) -> dict[tuple[str, str, str], Any]:
+    """(stage, deps|outs|params, path or file) → what dvc.lock records for it."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    found: dict[tuple[str, str, str], Any] = {}
+    for stage, entry in lock["stages"].items():
+        found[(stage, "cmd", "")] = entry["cmd"]
+        for kind in ("deps", "outs"):
+            for item in entry.get(kind, []):
+                found[(stage, kind, item["path"])] = {k: v for k, v in item.items() if k != "path"}
+        for file, values in (entry.get("params") or {}).items():
+            found[(stage, "params", file)] = values
+    return found
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_a_reproduction_in_another_directory_writes_the_same_dvc_lock(reproduced) -> None:
+    a, b = lock_entries(reproduced["a"]), lock_entries(reproduced["b"])
+    assert set(a) == set(b)
+    differ = sorted(key for key in a if a[key] != b[key])
+    assert all(VOLATILE.match(path) for _, _, path in differ), differ
+    # The benchmark really measured again (so the comparison above had something to ignore).
+    assert ("benchmark", "outs", "reports/benchmark/results.json") in differ
+    # ...and what training and export produced is byte for byte the same.
+    stable = [
+        ("ingest", "data/prepared"),
+        ("validate", "reports/validate/result.json"),
+        ("validate", "reports/validate/data_docs"),
+        ("train", "models/head.keras"),
+        ("train", "reports/train/metrics.json"),
+        ("finetune", "models/model.keras"),
+        ("export", "models/model.onnx"),
+        ("export", "models/variants"),
+        ("evaluate", "reports/evaluate/metrics.json"),
+    ]
+    for stage, path in stable:
+        kind = "metrics" if path.endswith("metrics.json") else "outs"
+        assert a[(stage, "outs", path)] == b[(stage, "outs", path)], (stage, kind, path)
+
+
+def test_a_deleted_model_is_restored_from_the_run_cache_and_nothing_downstream_reruns(reproduced) -> None:
+    root = reproduced["b"]
+    lock_before, head_md5 = (root / "dvc.lock").read_text(), md5(root / "models" / "head.keras")
+    (root / "models" / "head.keras").unlink()
+    out = run(root, "dvc", "repro")
+    assert "Stage 'train' is cached - skipping run, checking out outputs" in out
+    assert ran_stages(out) == [] and "Stage 'finetune' didn't change, skipping" in out
+    assert md5(root / "models" / "head.keras") == head_md5
+    assert (root / "dvc.lock").read_text() == lock_before
+
+
+def test_params_switched_back_restore_train_from_the_run_cache(reproduced) -> None:
+    root = reproduced["b"]
+    lock_before = (root / "dvc.lock").read_text()
+    out = run(root, "dvc", "exp", "run", "-S", "train.epochs=1", "train")
+    assert ran_stages(out) == ["train"]
+    out = run(root, "dvc", "exp", "run", "-S", "train.epochs=2", "train")
+    assert "Stage 'train' is cached - skipping run, checking out outputs" in out and ran_stages(out) == []
+    assert ran_stages(run(root, "dvc", "repro")) == []  # downstream of train is unchanged
+    assert (root / "dvc.lock").read_text() == lock_before
+    run(root, "git", "checkout", "--", "params.yaml")  # DVC's writer reformats what it rewrites
+
+
+def readme_command(pattern: str) -> str:
+    """The README's command line matching `pattern` (what a user copies)."""
+    for line in (REPO / "README.md").read_text().splitlines():
+        command = line.split("  #")[0].strip()
+        if re.search(pattern, command):
+            return command
+    raise AssertionError(f"the README has no command matching {pattern!r}")
+
+
+def test_the_documented_remeasure_command_reruns_the_benchmark_alone(reproduced) -> None:
+    root = reproduced["a"]
+    out = run(root, *shlex.split(readme_command(r"^dvc repro -f .*benchmark")))
+    assert ran_stages(out) == ["benchmark"]
+
+
+def test_the_documented_recipe_after_a_failed_experiment_restores_the_workspace(reproduced) -> None:
+    root = reproduced["b"]
+    params, lock = (root / "params.yaml").read_text(), (root / "dvc.lock").read_text()
+    head_md5 = md5(root / "models" / "head.keras")
+    failed = run(root, "dvc", "exp", "run", "-S", "model.weights=missing.weights.h5", check=False)
+    assert "model.weights='missing.weights.h5': file not found" in failed
+    # What a user then finds: params changed, the failed stage's outputs gone.
+    assert (root / "params.yaml").read_text() != params and not (root / "models" / "head.keras").exists()
+    for command in readme_command(r"git checkout .*params\.yaml").split(" && "):
+        run(root, *shlex.split(command))
+    assert (root / "params.yaml").read_text() == params and (root / "dvc.lock").read_text() == lock
+    assert md5(root / "models" / "head.keras") == head_md5
+    assert ran_stages(run(root, "dvc", "repro")) == []
