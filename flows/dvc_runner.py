@@ -188,7 +188,9 @@ class Pipeline:
         def declares(stage: str) -> bool:
             for file, declared in self.params.get(stage, ()):
                 for key in keys.get(file, ()):
-                    if not declared or any(key == d or key.startswith(f"{d}.") or d.startswith(f"{key}.") for d in declared):
+                    if not declared or any(
+                        key == d or key.startswith(f"{d}.") or d.startswith(f"{key}.") for d in declared
+                    ):
                         return True
             return False
 
@@ -212,7 +214,9 @@ def read_pipeline(root: str | Path) -> Pipeline:
         order = list(nx.lexicographical_topological_sort(graph.reverse(copy=True), key=lambda s: position[s]))
         name = {s: stage_name(s, repo.root_dir) for s in stages}
         upstream = {name[s]: frozenset(name[d] for d in nx.descendants(graph, s)) for s in stages}
-        metrics = {name[s]: tuple(os.path.relpath(o.fs_path, repo.root_dir) for o in s.outs if o.metric) for s in stages}
+        metrics = {
+            name[s]: tuple(os.path.relpath(o.fs_path, repo.root_dir) for o in s.outs if o.metric) for s in stages
+        }
         params = {
             name[s]: tuple(
                 (os.path.relpath(d.fs_path, repo.root_dir), tuple(d.params or ()))

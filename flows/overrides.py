@@ -42,7 +42,7 @@ def check_syntax(overrides: Sequence[str]) -> dict[str, list[str]]:
         for item in items:
             try:
                 parsed = to_hydra_overrides([item])
-            except Exception as err:  # hydra's OverrideParseException and friends
+            except Exception as err:  # noqa: BLE001 - hydra's OverrideParseException and friends
                 raise OverrideError(
                     f"override {item!r}{_in(path)} is malformed ({_first_line(err)}); expected key=value, "
                     "e.g. 'train.epochs=3' (Hydra override syntax, as in `dvc exp run -S`)"
@@ -82,7 +82,7 @@ def apply_overrides(root: str | Path, overrides: Sequence[str], dry_run: bool = 
                 # One at a time: Hydra's errors do not say which override they are about.
                 try:
                     dvc_apply(copy, [item])
-                except Exception as err:
+                except Exception as err:  # noqa: BLE001 - DVC wraps Hydra's errors in many types
                     cause = err.__cause__ or err
                     raise OverrideError(f"override {item!r}{_in(rel)}: {_one_line(cause)}") from None
             if Path(rel) == Path(DEFAULT_PARAMS_FILE):

@@ -29,6 +29,7 @@ from prefect.tasks import exponential_backoff
 
 from flows import dvc_runner
 from flows.overrides import apply_overrides, read_params
+from stages.nested import flatten
 
 # The metrics shown at the end of a run (DESIGN.md: stage name = reports/<name>/); when a
 # pipeline has none of these stages, every stage's metrics are shown instead.
@@ -124,10 +125,13 @@ def pipeline(
 
 def publish_stage_table(selected: Sequence[str], outcomes: dict[str, str], seconds: dict[str, float]) -> None:
     rows = [
-        {"stage": s, "outcome": outcomes.get(s, "failed" if s == _first_missing(selected, outcomes) else "not run"),
-         "seconds": round(seconds[s], 2) if s in seconds else None}
+        {
+            "stage": s,
+            "outcome": outcomes.get(s, "failed" if s == _first_missing(selected, outcomes) else "not run"),
+            "seconds": round(seconds[s], 2) if s in seconds else None,
+        }
         for s in selected
-    ]  # fmt: skip
+    ]
     create_table_artifact(rows, key="pipeline-stages", description="What each DVC stage did in this run")
 
 
@@ -170,24 +174,19 @@ def headline(stage: str, metrics: Any) -> Any:
     return out
 
 
-def flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """Scalars of a nested metrics dict as ("a.b.c", value); lists are left out."""
-    if isinstance(obj, dict):
-        return [item for k, v in obj.items() for item in flatten(v, f"{prefix}{k}.")]
-    if isinstance(obj, (int, float, str, bool)) or obj is None:
-        return [(prefix[:-1], obj)]
-    return []
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.split("\n")[0])
     parser.add_argument("--stages", nargs="+", metavar="STAGE", help="stages to reproduce (and their upstream)")
     parser.add_argument("-f", "--force", action="store_true", help="rerun even if up to date")
-    parser.add_argument("-S", "--set-param", dest="overrides", action="append", metavar="KEY=VALUE", help="params override, repeatable")
+    parser.add_argument(
+        "-S", "--set-param", dest="overrides", action="append", metavar="KEY=VALUE", help="params override, repeatable"
+    )
     parser.add_argument("-C", "--project-dir", default=".", help="the DVC project's root (default: .)")
     args = parser.parse_args(argv)
     logging.getLogger("prefect").setLevel(logging.INFO)
-    state = pipeline(stages=args.stages, force=args.force, overrides=args.overrides, project_dir=args.project_dir, return_state=True)
+    state = pipeline(
+        stages=args.stages, force=args.force, overrides=args.overrides, project_dir=args.project_dir, return_state=True
+    )
     raise SystemExit(0 if state.is_completed() else 1)
 
 
