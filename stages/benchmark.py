@@ -68,7 +68,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         for name, path in onnx_models(paths).items()
     }
     image_shape = check_same_image_input(onnx)
-    keras = KerasBaseline(paths.model, image_shape, p.threads) if p.keras_baseline else None
+    keras = KerasBaseline(paths.model, image_shape, p.threads, tta=params.tta) if p.keras_baseline else None
     try:
         times = measure_interleaved(onnx, keras, image_shape, p)
     finally:

@@ -36,6 +36,7 @@ from stages.evaluate_plots import plot_confusion, plot_predictions, plot_reliabi
 from stages.model_io import keras_predict, load_keras_model
 from stages.params import Params
 from stages.paths import Paths
+from stages.tta import with_tta
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     info = load_info(paths.prepared)
     images, labels = load_split(paths.prepared, "test")
     labels = np.asarray(labels)
-    model = load_keras_model(paths.model, info)
+    model = with_tta(load_keras_model(paths.model, info), params.tta)
     probs = keras_predict(model, images, batch_size)
     predicted = probs.argmax(axis=1)
     classes = info.classes

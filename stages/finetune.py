@@ -20,6 +20,8 @@ import shutil
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from stages.atomic import atomic_dir, atomic_file, json_text, write_json
 from stages.augment import eval_batches, steps_per_epoch, training_batches
 from stages.backups import Backups
@@ -52,6 +54,8 @@ def run(params: Params, paths: Paths, callbacks: Sequence[Any] = ()) -> dict[str
     if not fp.enabled:
         return _copy_head(paths)
     info, (x_train, y_train), (x_val, y_val) = load_training_data(paths)
+    if fp.train_on_val:  # the final fit: validation images join the training images
+        x_train, y_train = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
     spec = resolve_spec(params, tuple(info.image_shape), info.num_classes, paths)
     rt = configure(params)
     with rt.strategy.scope():
@@ -115,6 +119,7 @@ def run(params: Params, paths: Paths, callbacks: Sequence[Any] = ()) -> dict[str
         backup_every_steps=fp.backup_every_steps,
         log_every=params.runtime.log_every_seconds,
         callbacks=callbacks,
+        keep_last=fp.train_on_val,
     )
     if not chief:  # a non-chief worker of a multi-worker cluster: the chief writes everything
         return {}
@@ -122,7 +127,7 @@ def run(params: Params, paths: Paths, callbacks: Sequence[Any] = ()) -> dict[str
     metrics = write_reports(
         paths.reports("finetune"),
         result,
-        extra={"enabled": 1, "image_size": spec.image_size, "unfrozen": unfrozen},
+        extra={"enabled": 1, "image_size": spec.image_size, "train_on_val": int(fp.train_on_val), "unfrozen": unfrozen},
         timings={"total_seconds": round(clock.elapsed, 2), **rt.machine()},
         texts={"summary.txt": summary_text(clf.model), "config.json": config_json(spec, rt.settings(), params)},
     )

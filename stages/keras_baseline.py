@@ -1,4 +1,5 @@
-"""The Keras model timed in a spawned child process, one request at a time.
+"""The Keras model (with the shipped model's test-time augmentation) timed in a spawned child
+process, one request at a time.
 
 TensorFlow then neither shares threads with onnxruntime nor grabs the GPU memory first, and its
 CUDA 12 libraries never meet onnxruntime's CUDA 13 ones in one process.
@@ -13,9 +14,10 @@ from typing import Any
 
 from stages.bench_timing import random_pixels, time_calls
 from stages.errors import ModelError
+from stages.tta import with_tta
 
 
-def _keras_worker(conn: Any, model_path: str, image_shape: tuple[int, ...], threads: int) -> None:
+def _keras_worker(conn: Any, model_path: str, image_shape: tuple[int, ...], threads: int, tta: str) -> None:
     """Child process: load the Keras model, then time batches on request until told to stop.
 
     Requests are (batch_size, warmup, iterations, duration_s); answers are lists of seconds, or
@@ -32,7 +34,7 @@ def _keras_worker(conn: Any, model_path: str, image_shape: tuple[int, ...], thre
         gpus = tf.config.list_physical_devices("GPU")
         for gpu in gpus:  # take GPU memory as needed instead of all of it at start
             tf.config.experimental.set_memory_growth(gpu, True)
-        model = keras.models.load_model(model_path, compile=False)
+        model = with_tta(keras.models.load_model(model_path, compile=False), tta)
         if tuple(model.inputs[0].shape[1:]) != tuple(image_shape):
             raise ModelError(
                 f"{model_path}: input shape {tuple(model.inputs[0].shape)} differs from the ONNX model's {image_shape}"
@@ -51,14 +53,17 @@ def _keras_worker(conn: Any, model_path: str, image_shape: tuple[int, ...], thre
 
 
 class KerasBaseline:
-    """The Keras model timed in a spawned child process, one request at a time."""
+    """The Keras model (with the shipped model's test-time augmentation) timed in a spawned child
+    process, one request at a time."""
 
-    def __init__(self, model_path: Path, image_shape: tuple[int, ...], threads: int) -> None:
+    def __init__(self, model_path: Path, image_shape: tuple[int, ...], threads: int, tta: str = "none") -> None:
         if not model_path.is_file():
             raise ModelError(f"{model_path}: Keras model not found (benchmark.keras_baseline is on)")
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_keras_worker, args=(child, str(model_path), image_shape, threads), daemon=True)
+        self._proc = ctx.Process(
+            target=_keras_worker, args=(child, str(model_path), image_shape, threads, tta), daemon=True
+        )
         self._proc.start()
         self.info = self._answer()
 

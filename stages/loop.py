@@ -121,9 +121,11 @@ def run_epochs(
     backup_every_steps: int = 0,
     log_every: float = 30.0,
     callbacks: Sequence[Any] = (),
+    keep_last: bool = False,
 ) -> LoopResult:
     """Train `model` (compiled, with an `accuracy` metric) for up to `epochs` epochs and leave
-    it holding the weights of its best epoch by early_stopping.monitor."""
+    it holding the weights of its best epoch by early_stopping.monitor (its last epoch with
+    `keep_last`, for a final fit whose validation images are among its training images)."""
     monitor, patience = early_stopping.monitor, early_stopping.patience
     min_delta, stop_early = early_stopping.min_delta, early_stopping.enabled
     state = (backups.load(model) if backups else None) or LoopState()
@@ -185,7 +187,9 @@ def run_epochs(
         row = {"epoch": epoch + 1, **{k: logs[k] for k in sorted(logs)}, "learning_rate": _current_lr(model)}
         state.history.append(row)
         value = logs[monitor]
-        if improved(monitor, value, state.best, min_delta):
+        if keep_last:
+            state.best, state.best_epoch, mark = value, epoch + 1, ""
+        elif improved(monitor, value, state.best, min_delta):
             state.best, state.best_epoch, state.wait = value, epoch + 1, 0
             if backups and backups.enabled:
                 backups.save_best(model)
@@ -227,7 +231,9 @@ def run_epochs(
 
     if state.best_epoch is None:
         raise ValueError(f"{phase}: {monitor} was never a number (training diverged?)")
-    if backups and backups.enabled:
+    if keep_last:
+        pass  # the model holds the last epoch's weights
+    elif backups and backups.enabled:
         backups.load_best(model)
     elif best_in_memory is not None:
         for v, value in zip(model.variables, best_in_memory, strict=True):

@@ -94,6 +94,7 @@ def render(params: Params, paths: Paths) -> str:
         f"batch {params.train.batch_size}",
         f"- Fine-tuning: {'on' if params.finetune.enabled else 'off'}, {params.finetune.epochs} epochs, "
         f"{params.finetune.optimizer} lr {params.finetune.learning_rate}, unfreeze {unfreeze}",
+        f"- Test-time augmentation inside the shipped model: {params.tta}",
         f"- Seed: {params.seed}",
         "",
     ]

@@ -22,7 +22,7 @@ from stages.errors import ModelError
 from stages.onnx_io import INPUT_NAME, OUTPUT_NAME
 
 
-def convert(model: Any, opset: int, info: DatasetInfo | None = None) -> Any:
+def convert(model: Any, opset: int, info: DatasetInfo | None = None, metadata: dict[str, str] | None = None) -> Any:
     """tf2onnx conversion of a Keras model, with the pipeline's uint8-pixels interface."""
     import tf2onnx
 
@@ -32,10 +32,10 @@ def convert(model: Any, opset: int, info: DatasetInfo | None = None) -> Any:
         raise ModelError(
             f"tf2onnx could not convert the Keras model at opset {opset}: {type(err).__name__}: {err}"
         ) from None
-    return canonical_names(with_pixel_interface(proto, info))
+    return canonical_names(with_pixel_interface(proto, info, metadata))
 
 
-def with_pixel_interface(proto: Any, info: DatasetInfo | None = None) -> Any:
+def with_pixel_interface(proto: Any, info: DatasetInfo | None = None, metadata: dict[str, str] | None = None) -> Any:
     """Rename input/output to `pixels`/`probabilities`, make the input uint8, name the batch dim.
 
     A float model input gets a Cast from uint8 in front, so the graph itself is unchanged.
@@ -67,9 +67,8 @@ def with_pixel_interface(proto: Any, info: DatasetInfo | None = None) -> Any:
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
     if info is not None:
         # Readers of the .onnx alone learn what the outputs mean.
-        helper.set_model_props(
-            proto, {"classes": json.dumps(info.classes), "image_shape": json.dumps(list(info.image_shape))}
-        )
+        props = {"classes": json.dumps(info.classes), "image_shape": json.dumps(list(info.image_shape))}
+        helper.set_model_props(proto, {**props, **(metadata or {})})
     onnx.checker.check_model(proto)
     return proto
 

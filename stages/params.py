@@ -10,7 +10,7 @@ runtime) and params_outputs (evaluate, export, benchmark).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import ConfigDict, Field, ValidationError
@@ -30,6 +30,8 @@ RESULT_NEUTRAL_KEYS = frozenset({"runtime.log_every_seconds", "finetune.backup_e
 class Params(Section):
     seed: int = Field(42, ge=0)
     backbone: str = "mobilenetv2"
+    # Test-time augmentation inside the shipped model (evaluate, export, benchmark; stages.tta).
+    tta: Literal["none", "flip"] = "none"
     data: DataParams = DataParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     model: ModelParams = ModelParams()
