@@ -62,12 +62,12 @@ def override_keys(overrides: Sequence[str]) -> dict[str, list[str]]:
 def apply_overrides(root: str | Path, overrides: Sequence[str], dry_run: bool = False) -> list[str]:
     """Apply `overrides` to the params files under `root`, as `dvc exp run -S` would.
 
-    Each file is rewritten on a copy first; params.yaml is validated against the schema (and the
-    backbone against the registry); only then are the files replaced (never with `dry_run`, which
-    only checks). Returns the files changed.
+    Each file is rewritten on a copy first, with all of its overrides in one call of DVC's writer
+    (as `dvc exp run -S a -S b` does: two successive calls once turned a flow-style list followed
+    by a block into invalid YAML); params.yaml is validated against the schema (and the backbone
+    against the registry); only then are the files replaced (never with `dry_run`, which only
+    checks). Returns the files changed.
     """
-    from dvc.utils.hydra import apply_overrides as dvc_apply
-
     root = Path(root)
     grouped = check_syntax(overrides)
     staged: list[tuple[Path, Path]] = []
@@ -76,15 +76,11 @@ def apply_overrides(root: str | Path, overrides: Sequence[str], dry_run: bool = 
             target = root / rel
             if not target.is_file():
                 raise OverrideError(f"override {items[0]!r}: params file {target} not found")
-            copy = Path(tmp) / f"{len(staged)}{target.suffix}"
-            shutil.copyfile(target, copy)
             for item in items:
-                # One at a time: Hydra's errors do not say which override they are about.
-                try:
-                    dvc_apply(copy, [item])
-                except Exception as err:  # noqa: BLE001 - DVC wraps Hydra's errors in many types
-                    cause = err.__cause__ or err
-                    raise OverrideError(f"override {item!r}{_in(rel)}: {_one_line(cause)}") from None
+                # Each alone first, on a scratch copy: Hydra's errors do not say which override they are about.
+                _write(target, Path(tmp) / f"check{target.suffix}", [item], rel)
+            copy = Path(tmp) / f"{len(staged)}{target.suffix}"
+            _write(target, copy, items, rel)
             if Path(rel) == Path(DEFAULT_PARAMS_FILE):
                 check_params(copy, overrides)
             staged.append((copy, target))
@@ -92,6 +88,19 @@ def apply_overrides(root: str | Path, overrides: Sequence[str], dry_run: bool = 
             if not dry_run:
                 shutil.copyfile(copy, target)
     return [str(target.relative_to(root)) for _, target in staged]
+
+
+def _write(source: Path, copy: Path, items: Sequence[str], rel: str) -> None:
+    """`source` with `items` applied by DVC's own writer, into `copy`."""
+    from dvc.utils.hydra import apply_overrides as dvc_apply
+
+    shutil.copyfile(source, copy)
+    try:
+        dvc_apply(copy, list(items))
+    except Exception as err:  # noqa: BLE001 - DVC wraps Hydra's errors in many types
+        cause = err.__cause__ or err
+        label = f" {items[0]!r}" if len(items) == 1 else f"s {list(items)}"
+        raise OverrideError(f"override{label}{_in(rel)}: {_one_line(cause)}") from None
 
 
 def check_params(path: Path, overrides: Sequence[str] = ()) -> None:

@@ -56,31 +56,31 @@ def apply(preset: dict[str, Any], base: dict[str, Any]) -> Params:
 def overrides(preset: dict[str, Any], base: dict[str, Any] | None = None) -> list[str]:
     """`key=value` strings in DVC's -S (Hydra) syntax, one per leaf of the preset that differs
     from `base` (params.yaml as read; None: every leaf)."""
-    current = dict(_leaves(base)) if base else {}
+    current = dict(leaves(base)) if base else {}
     return [
-        f"{key}={_hydra_value(value)}"
-        for key, value in _leaves(preset)
+        f"{key}={hydra_value(value)}"
+        for key, value in leaves(preset)
         if base is None or key not in current or current[key] != value
     ]
 
 
-def _leaves(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+def leaves(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     for k, v in d.items():
         if isinstance(v, dict) and v:
-            out.extend(_leaves(v, f"{prefix}{k}."))
+            out.extend(leaves(v, f"{prefix}{k}."))
         else:
             out.append((f"{prefix}{k}", v))
     return out
 
 
-def _hydra_value(v: Any) -> str:
+def hydra_value(v: Any) -> str:
     if v is None:
         return "null"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_hydra_value(x) for x in v) + "]"
+        return "[" + ",".join(hydra_value(x) for x in v) + "]"
     if isinstance(v, dict):
         return "{}"
     return str(v)
