@@ -13,6 +13,9 @@ from stages.params import load_params
 from stages.presets import hydra_value, leaves
 from tests.conftest import REPO
 
+# Lists the schema allows empty: written as [] (`export.variants=[]` after another write once
+# turned the old flow-style `variants: [fp16, int8]` and the `int8:` block below it into invalid YAML).
+EMPTY_OK = {"export.variants", "model.head_units"}
 # Keys whose other values the schema refuses alone (a range, a rule across keys): written as they are.
 SAME = {"export.opset", "finetune.unfreeze.from_layer", "finetune.train_on_val"}
 
@@ -24,7 +27,7 @@ def other_value(key: str, value: Any) -> Any:
     if isinstance(value, bool):
         return not value
     if isinstance(value, list):
-        return value[:1]  # a shorter list: the write that once broke the file
+        return [] if key in EMPTY_OK else value[:1]
     if isinstance(value, int):
         return max(1, value // 2) if value else value
     return value / 2
