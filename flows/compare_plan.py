@@ -6,14 +6,14 @@ value) fails here, before any experiment runs.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from flows import dvc_runner
 from flows.overrides import OverrideError, apply_overrides, check_backbone, override_keys, read_params
+from stages.presets import leaves
 
 
 @dataclass(frozen=True)
@@ -53,46 +53,35 @@ def plan_entries(
     return entries
 
 
-def escaping_path_overrides(root: Path, pipe: dvc_runner.Pipeline, stages: Sequence[str]) -> list[str]:
-    """Absolute-path overrides for params of `stages` that hold paths leaving the project (`../x`).
+def escaping_path_overrides(root: Path, tracked_only: bool = True) -> list[str]:
+    """Absolute-path overrides for the params dvc.yaml interpolates into dependencies (`${data.path}`)
+    that hold paths leaving the project (`../x`).
 
-    An experiment runs in a temporary copy under .dvc/tmp/exps/, where `../shared/weights` no
-    longer points where it does from the project root. The stages that rerun in the experiment
-    get such paths made absolute (same files, so the same results); stages that do not rerun
-    keep their params untouched, so DVC still finds them up to date.
+    An experiment runs in a copy of the project (`dvc exp run --temp`, DVC's queue: under
+    .dvc/tmp/exps/; a worker's scratch clone), where DVC resolves `../shared/...` from the copy
+    and finds nothing. Made absolute, the path names the same files. Paths in params that DVC
+    does not track, such as model.weights_dir, need no such fix: the stages resolve them from the
+    project the copy came from (stages.paths.Paths.resolve). A worker's scratch clone is no such
+    copy: with `tracked_only` false, every such path in params is made absolute.
     """
     params = read_params(root)
-    declared = {
-        key
-        for s in stages
-        for file, keys in pipe.params.get(s, ())
-        if Path(file) == Path("params.yaml")
-        for key in keys
-    }
-    found: list[str] = []
+    tracked = set(re.findall(r"\$\{\s*([\w.]+)\s*\}", (root / "dvc.yaml").read_text()))
+    return [
+        f"{key}={(root / value).resolve()}"
+        for key, value in leaves(params)
+        if isinstance(value, str) and value.startswith("../") and (key in tracked or not tracked_only)
+    ]
 
-    def walk(value: Any, key: str) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(v, f"{key}.{k}" if key else str(k))
-        elif isinstance(value, str) and value.startswith("../"):
-            found.append(f"{key}={(root / value).resolve()}")
 
-    for key in sorted(declared):
-        value: Any = params
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        walk(value, key)
-    return found
+def experiment_overrides(entry: Entry, extra: Sequence[str]) -> list[str]:
+    """An experiment's overrides, then the path fixes for keys it does not set itself."""
+    own = {key for keys in override_keys(entry.overrides).values() for key in keys}
+    return [*entry.overrides, *(x for x in extra if x.split("=", 1)[0] not in own)]
 
 
 def set_params(entry: Entry, extra: Sequence[str]) -> list[str]:
-    """`-S` arguments of an experiment: its overrides, then the path fixes for keys it does not set."""
-    own = {key for keys in override_keys(entry.overrides).values() for key in keys}
-    args: list[str] = []
-    for o in (*entry.overrides, *(x for x in extra if x.split("=", 1)[0] not in own)):
-        args += ["-S", o]
-    return args
+    """The `-S` arguments of `dvc exp run` for an experiment."""
+    return [arg for o in experiment_overrides(entry, extra) for arg in ("-S", o)]
 
 
 def require_commit(root: Path) -> None:

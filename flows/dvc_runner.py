@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -81,11 +82,14 @@ def run_dvc(
     cwd: str | Path,
     logger: logging.Logger | logging.LoggerAdapter | None = None,
     check: bool = True,
+    timeout: float | None = None,
+    env: dict[str, str] | None = None,
 ) -> DvcResult:
     """Run `dvc <args>` in `cwd`, sending each output line to `logger` as it arrives.
 
     stderr is merged into stdout so that the log keeps DVC's and the stage's lines in order.
-    A cancelled flow (KeyboardInterrupt, task timeout) terminates DVC instead of leaving it running.
+    A cancelled flow (KeyboardInterrupt, task timeout) terminates DVC instead of leaving it running,
+    and so does `timeout` (seconds): a DVC command that hangs then fails instead of hanging the caller.
     """
     logger = logger or log
     cwd = Path(cwd)
@@ -94,7 +98,7 @@ def run_dvc(
     proc = subprocess.Popen(
         [*DVC, *args],
         cwd=cwd,
-        env=dvc_env(),
+        env={**dvc_env(), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -104,6 +108,10 @@ def run_dvc(
     )
     lines: list[str] = []
     level = logging.INFO
+    watchdog = threading.Timer(timeout, proc.kill) if timeout else None
+    if watchdog:
+        watchdog.daemon = True
+        watchdog.start()
     try:
         assert proc.stdout is not None
         for raw in proc.stdout:
@@ -121,6 +129,8 @@ def run_dvc(
             logger.log(level, "%s", line)
         returncode = proc.wait()
     finally:
+        if watchdog:
+            watchdog.cancel()
         if proc.poll() is None:
             proc.terminate()
             try:
@@ -128,6 +138,8 @@ def run_dvc(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+    if timeout and returncode == -9:
+        lines.append(f"error: `dvc {' '.join(args)}` did not finish in {timeout:g} s and was killed")
     result = DvcResult(args, returncode, lines)
     if check and returncode != 0:
         raise DvcError(args, returncode, failure_reason(lines), cwd)

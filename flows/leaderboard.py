@@ -39,9 +39,14 @@ def experiments_by_name(show: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
 
 
 def leaderboard_row(
-    entry: Entry, exp: dict[str, Any] | None, error: str | None = None, run_s: float | None = None
+    entry: Entry,
+    exp: dict[str, Any] | None,
+    error: str | None = None,
+    run_s: float | None = None,
+    status: str | None = None,
 ) -> dict[str, Any]:
-    """One experiment's row, from its `dvc exp show` entry (None: DVC does not know it)."""
+    """One experiment's row, from its `dvc exp show` entry (None: DVC does not know it); `status`
+    and `error` from whatever ran it win over what DVC recorded."""
     data = (exp or {}).get("data") or {}
     metrics = {path: (m or {}).get("data") or {} for path, m in (data.get("metrics") or {}).items()}
     outs = data.get("outs") or {}
@@ -50,8 +55,8 @@ def leaderboard_row(
     throughput = ((bench.get("throughput_median") or {}).get(THROUGHPUT_MODEL) or {}).get(f"b{batch}")
     size = next((outs[f]["size"] for f in MODEL_FILES if (outs.get(f) or {}).get("size")), None)
     seconds = [metrics.get(p, {}).get("total_seconds") for p in TIMED_METRICS]
-    status = "failed" if error else (exp or {}).get("state", "missing")
-    if status == "failed" and not error:
+    status = status or ("failed" if error else (exp or {}).get("state", "missing"))
+    if status != "success" and not error:
         error = queue_log_reason((exp or {}).get("log"))
     return {
         "backbone": entry.backbone,

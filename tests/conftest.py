@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -94,12 +96,31 @@ def prepared_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def reproduced(tmp_path_factory) -> dict[str, Path]:
-    """The tiny project reproduced by `dvc repro` in two directories of different path lengths.
+def prefect_server(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """`prefect server start` on loopback with its own database; this process's flows report to it.
 
-    Both are committed afterwards. Project `a` ran with TLPIPE_TRACE_READS (the params keys each
-    stage read, in `reads`); tests may change `b` but must leave it reproduced.
+    Yields the environment a client needs (PREFECT_HOME, PREFECT_API_URL)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tests.prefect_client import start_server, stop_server
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    proc, url = start_server(home)
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield {"PREFECT_HOME": str(home), "PREFECT_API_URL": url}
+    finally:
+        stop_server(proc)
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory, prefect_server) -> dict[str, Any]:
+    """The tiny project reproduced in two directories of different path lengths: `a` by `dvc repro`
+    with TLPIPE_TRACE_READS (the params keys each stage read, in `reads`), `b` by the pipeline flow
+    (its final state in `flow_state`). Both are committed afterwards, as a user keeps dvc.lock;
+    tests may change `b` but must leave it reproduced and committed.
     """
+    from flows.pipeline import pipeline
     from tests.tiny_project import commit, make_project, run
 
     base = tmp_path_factory.mktemp("reproduced")
@@ -107,7 +128,8 @@ def reproduced(tmp_path_factory) -> dict[str, Path]:
     a = make_project(base / "a" / "repo")
     b = make_project(base / "a-much-longer-directory-name" / "repo")
     run(a, "dvc", "repro", extra_env={"TLPIPE_TRACE_READS": str(reads)})
-    run(b, "dvc", "repro")
+    state = pipeline(project_dir=str(b), return_state=True)
+    assert state.is_completed(), state.message
     for root in (a, b):
-        commit(root, "reproduced")  # as a user keeps dvc.lock
-    return {"a": a, "b": b, "reads": reads}
+        commit(root, "reproduced")
+    return {"a": a, "b": b, "reads": reads, "flow_state": state}

@@ -40,26 +40,33 @@ def test_a_backbone_override_leaves_the_data_stages_shared(pipe) -> None:
     assert pipe.affected_by(override_keys(["data.limit.train=10"]))[:2] == ("ingest", "validate")
 
 
-def test_paths_leaving_the_project_become_absolute_for_the_stages_that_rerun(tmp_path, pipe) -> None:
+def test_paths_dvc_tracks_become_absolute_and_the_others_resolve_from_the_origin(tmp_path) -> None:
+    from stages.paths import Paths
+
     root = tmp_path / "repo"
     root.mkdir()
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     (root / "params.yaml").write_text(
         yaml.safe_dump(
             {"data": {"path": "../images.tar.gz"}, "model": {"weights_dir": "../weights", "weights": "none"}}
         )
     )
-    assert escaping_path_overrides(root, pipe, ["train"]) == [f"model.weights_dir={tmp_path / 'weights'}"]
-    assert f"data.path={tmp_path / 'images.tar.gz'}" in escaping_path_overrides(root, pipe, ["ingest", "train"])
+    # data.path is a DVC dependency (${data.path}): in a copy of the project DVC needs it absolute.
+    assert escaping_path_overrides(root) == [f"data.path={tmp_path / 'images.tar.gz'}"]
+    # model.weights_dir is read by the stages, which resolve it from the project a copy came from.
+    copy = root / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    assert Paths(copy).resolve("../weights") == tmp_path / "weights" == Paths(root).resolve("../weights")
+    assert Paths(tmp_path / "elsewhere").resolve("../weights") == tmp_path / "weights"
     # A user's own value for such a key wins over the fix.
-    entry = Entry("mobilenet", "m", ("backbone=mobilenet", "model.weights_dir=/mirror"))
-    fix = [f"model.weights_dir={tmp_path / 'weights'}", f"data.path={tmp_path / 'images.tar.gz'}"]
+    entry = Entry("mobilenet", "m", ("backbone=mobilenet", "data.path=/mirror/x.tgz"))
+    fix = [f"data.path={tmp_path / 'images.tar.gz'}", "model.weights_dir=/w"]
     assert set_params(entry, fix) == [
         "-S",
         "backbone=mobilenet",
         "-S",
-        "model.weights_dir=/mirror",
+        "data.path=/mirror/x.tgz",
         "-S",
-        f"data.path={tmp_path / 'images.tar.gz'}",
+        "model.weights_dir=/w",
     ]
 
 

@@ -5,6 +5,7 @@ dvc.yaml and params.yaml shrunk to seconds per stage, its images and weights bes
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,7 +43,9 @@ def tiny_params() -> dict[str, Any]:
     return p
 
 
-def make_project(dest: Path, params: dict[str, Any] | None = None, folders: tuple[str, ...] = ("stages",)) -> Path:
+def make_project(
+    dest: Path, params: dict[str, Any] | None = None, folders: tuple[str, ...] = ("stages", "flows")
+) -> Path:
     """A committed git + DVC repository at `dest` with images and weights beside it."""
     if not MOBILENET_V2_035.is_file():
         import pytest
@@ -55,7 +58,7 @@ def make_project(dest: Path, params: dict[str, Any] | None = None, folders: tupl
     dest.mkdir(parents=True)
     for folder in folders:
         shutil.copytree(REPO / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore", "README.md"):
+    for name in ("dvc.yaml", ".gitignore", "README.md", "prefect.yaml"):
         shutil.copy(REPO / name, dest / name)
     (dest / "params.yaml").write_text(yaml.safe_dump(params or tiny_params(), sort_keys=False))
     run(dest, "git", "init", "-q", "-b", "main")
@@ -94,5 +97,5 @@ def commit(cwd: Path, message: str) -> None:
 
 
 def ran_stages(output: str) -> list[str]:
-    """The stages `dvc repro` ran (not skipped, not restored), in order."""
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+    """The stages `dvc repro` ran (not skipped, not restored), in order, from its output (or a log of it)."""
+    return list(dict.fromkeys(re.findall(r"Running stage '([\w:/.-]+)'", output)))
