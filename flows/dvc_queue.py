@@ -7,8 +7,9 @@ started with `dvc queue start -j N` and watched through `dvc queue status`, each
 timeout of its own: an experiment running past `timeout_s` is killed (`dvc queue kill`), a
 queue that makes no progress for `stall_s` with nothing running gets its workers restarted once
 and is then given up on, and the workers are stopped at the end whatever happened. Each
-experiment's wall time is measured from the first poll that sees it running to the first that
-sees it done (so to within `poll_s`), and a failed one's reason comes from `dvc queue logs`.
+experiment's wall time is measured from the first poll that sees it running (or, if it ran
+between two polls, the last that saw it waiting) to the first that sees it done, so to within
+`poll_s`, and a failed one's reason comes from `dvc queue logs`.
 """
 
 from __future__ import annotations
@@ -67,20 +68,25 @@ def watch_queue(
     dvc("queue", "start", "-j", str(jobs))
     restarted = False
     last_change = clock()
+    last_queued = dict.fromkeys(names, last_change)  # when each was last seen waiting
     try:
         while any(r.state not in FINAL for r in runs.values()):
             time.sleep(poll_s)
+            asked = clock()
             states, active = parse_status(dvc("queue", "status", quiet=True))
             now = clock()
             for run in (r for r in runs.values() if r.state not in FINAL):
                 seen = states.get(run.name, "unknown")
                 if seen != run.state:
                     last_change = now
-                if seen == "running" and run.started is None:
+                if seen == "queued":
+                    last_queued[run.name] = asked
+                elif seen == "running" and run.started is None:
                     run.state, run.started = "running", now
                 elif seen in ("success", "failed"):
+                    # One that ran between two looks started after the last look that saw it waiting.
                     run.state, run.finished = seen, now
-                    run.started = run.started if run.started is not None else now
+                    run.started = run.started if run.started is not None else last_queued[run.name]
                     if seen == "failed":
                         run.error = dvc_runner.failure_reason(dvc("queue", "logs", run.name, check=False).splitlines())
                 elif seen == "running" and now - run.started > timeout_s:
