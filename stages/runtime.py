@@ -69,6 +69,9 @@ def configure(params: Params) -> Runtime:
 
     rt = params.runtime
     mixed_precision, xla, strategy_kind, deterministic = rt.mixed_precision, rt.xla, rt.strategy, rt.deterministic
+    # First: a multi-worker strategy configures TF's collective ops, which must happen before
+    # anything (listing devices, clearing the session) starts TF's runtime.
+    strategy = make_strategy(strategy_kind)
     keras.backend.clear_session()  # fresh layer names and seed state for every run in a process
     if deterministic:
         # Same params, same metrics on CPU; on GPU it makes cuDNN pick deterministic kernels
@@ -97,7 +100,6 @@ def configure(params: Params) -> Runtime:
         # (AVX512-BF16, AMX) have bfloat16 units and bfloat16 needs no loss scaling.
         policy = "mixed_float16" if gpus else "mixed_bfloat16"
     keras.mixed_precision.set_global_policy(policy)
-    strategy = make_strategy(strategy_kind)
     devices = tuple(d.name for d in (gpus or tf.config.list_logical_devices("CPU")))
     runtime = Runtime(strategy, policy, xla, deterministic, devices)
     log.info(
@@ -140,20 +142,47 @@ def _new_strategy(kind: str) -> Any:
     if kind == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             log.warning("runtime.strategy=multi_worker without TF_CONFIG: running as a single worker")
+        elif cluster_size() > 1:
+            # Tried with two workers on loopback: Keras 3's fit() fails on the cluster's first
+            # batch (PerReplica values it cannot convert) and, past that, in its metric reduction.
+            raise ValueError(
+                f"runtime.strategy=multi_worker: TF_CONFIG names {cluster_size()} tasks, and Keras "
+                f"{_keras_version()}'s model.fit cannot train across workers "
+                "(https://github.com/keras-team/keras/issues/20585); use runtime.strategy=mirrored "
+                "for the GPUs of one machine, and `flows.compare --deployment` for one experiment per machine"
+            )
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"runtime.strategy={kind!r}: expected none, mirrored or multi_worker")
+
+
+def cluster_size() -> int:
+    """How many tasks the TF_CONFIG cluster has (1 without TF_CONFIG)."""
+    cluster = _tf_config().get("cluster") or {}
+    return max(1, sum(len(tasks) for tasks in cluster.values()))
+
+
+def _keras_version() -> str:
+    import keras
+
+    return str(keras.__version__)
+
+
+def _tf_config() -> dict[str, Any]:
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return {}
+    try:
+        return dict(json.loads(raw))
+    except ValueError:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {raw[:200]!r}") from None
 
 
 def is_chief() -> bool:
     """Whether this process writes the outputs: always, except a non-chief worker of a TF_CONFIG
     cluster (the chief is the `chief` task, or worker 0 when the cluster has no chief)."""
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
+    config = _tf_config()
+    if not config:
         return True
-    try:
-        config = json.loads(raw)
-    except ValueError:
-        raise ValueError(f"TF_CONFIG is not valid JSON: {raw[:200]!r}") from None
     task = config.get("task") or {}
     kind, index = task.get("type", "worker"), int(task.get("index", 0))
     if kind == "chief":
