@@ -153,3 +153,25 @@ def test_leaderboard_row_reads_an_experiment_of_dvc_exp_show() -> None:
         "error": None,
     }
     assert leaderboard_row(entry, None, error="error: out of memory\ntraceback")["status"] == "failed"
+
+
+def test_queue_status_is_read_per_experiment_with_the_active_workers() -> None:
+    from flows.dvc_queue import parse_status
+
+    output = """Task     Name                       Created    Status
+4a5b5d5  mobilenetv2-20261203-1657  04:57 PM   Success
+9c0de12  mobilenet-20261203-1657    04:57 PM   Failed
+1f2e3d4  vgg16-20261203-1657        04:58 PM   Running
+77aa8bc  resnet50-20261203-1657     04:58 PM   Queued
+
+Worker status: 1 active, 0 idle
+"""
+    states, active = parse_status(output)
+    assert states == {
+        "mobilenetv2-20261203-1657": "success",
+        "mobilenet-20261203-1657": "failed",
+        "vgg16-20261203-1657": "running",
+        "resnet50-20261203-1657": "queued",
+    }
+    assert active == 1
+    assert parse_status("No experiment tasks in the queue.\n") == ({}, 0)
