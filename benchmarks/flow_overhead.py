@@ -91,9 +91,9 @@ def main() -> None:
         if args.project:
             project = args.project.resolve()
         else:
-            from tests.test_flows import make_tiny_project
+            from tests.tiny_project import make_project
 
-            project = make_tiny_project(scratch / "repo")
+            project = make_project(scratch / "repo")
             print(f"reproducing the tiny project once in {project} ...", flush=True)
             timed([sys.executable, "-m", "dvc", "repro"], project, base_env(scratch / "home"))
         flow = [sys.executable, "-m", "flows.pipeline"]
