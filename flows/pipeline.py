@@ -31,7 +31,7 @@ from flows import dvc_runner
 from flows.overrides import apply_overrides, read_params
 from stages.nested import flatten
 
-# The metrics shown at the end of a run (DESIGN.md: stage name = reports/<name>/); when a
+# The metrics shown at the end of a run (stage name = reports/<name>/, README: "The pipeline"); when a
 # pipeline has none of these stages, every stage's metrics are shown instead.
 SUMMARY_STAGES = ("evaluate", "benchmark")
 

@@ -133,3 +133,23 @@ def reproduced(tmp_path_factory, prefect_server) -> dict[str, Any]:
     for root in (a, b):
         commit(root, "reproduced")
     return {"a": a, "b": b, "reads": reads, "flow_state": state}
+
+
+def nvidia_gpu_present() -> bool:
+    """An NVIDIA GPU the driver lists (without starting TensorFlow in the test process)."""
+    import shutil
+
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return False
+    done = subprocess.run([smi, "-L"], capture_output=True, text=True)
+    return done.returncode == 0 and "GPU" in done.stdout
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests run only where an NVIDIA GPU is: on CPU machines (CI) they are skipped, saying why."""
+    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    if gpu_tests and not nvidia_gpu_present():
+        skip = pytest.mark.skip(reason="GPU-only code path: no NVIDIA GPU on this machine (nvidia-smi -L)")
+        for item in gpu_tests:
+            item.add_marker(skip)

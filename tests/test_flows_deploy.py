@@ -119,12 +119,12 @@ def test_a_server_with_credentials_refuses_clients_without_them_and_serves_worke
         run(root, PREFECT, "--no-prompt", "deploy", "--name", "nightly-reproduce", extra_env=user)
         flow_run_id = deployment_run(root, user)
         # A worker without the credentials cannot even start; one with them runs the flow.
-        stranger = run(root.parent, PREFECT, "worker", "start", "--pool", "tlpipe", "--run-once", extra_env=anonymous,
-                       check=False, timeout=120)  # fmt: skip
+        worker = (PREFECT, "worker", "start", "--pool", "tlpipe", "--run-once")
+        stranger = run(root.parent, *worker, extra_env=anonymous, check=False, timeout=120)
         assert "401" in stranger or "Unauthorized" in stranger, stranger[-2000:]
         with authenticated_client(url, "admin:s3cret") as c:
             assert c.read_flow_run(flow_run_id).state.is_scheduled()
-        run(root.parent, PREFECT, "worker", "start", "--pool", "tlpipe", "--run-once", extra_env=user)
+        run(root.parent, *worker, extra_env=user)
         with authenticated_client(url, "admin:s3cret") as c:
             state = c.read_flow_run(flow_run_id).state
         assert state.is_completed(), state.message
