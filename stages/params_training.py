@@ -129,18 +129,10 @@ class FinetuneParams(Section):
     # epoch end; a rerun after a kill continues from the last one. 0: epoch ends only.
     backup_every_steps: int = Field(200, ge=0)
     # The final fit: train on train + validation images for `epochs` epochs (a count chosen on
-    # validation in an earlier run) and keep the last epoch. Validation scores are then no longer
-    # held out; the test split still is.
+    # validation in an earlier run) and keep the last epoch; early stopping does not apply (the
+    # validation images are training images then), so switching this alone goes back and forth
+    # between choosing on validation and the final fit. The test split stays held out.
     train_on_val: bool = False
-
-    @model_validator(mode="after")
-    def _final_fit_without_early_stopping(self) -> FinetuneParams:
-        if self.train_on_val and self.early_stopping.enabled:
-            raise ValueError(
-                "finetune.train_on_val trains on the validation images, which then cannot pick the best "
-                "epoch: set finetune.early_stopping.enabled to false (and epochs to the count chosen on validation)"
-            )
-        return self
 
 
 class RuntimeParams(Section):

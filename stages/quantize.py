@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,9 +17,15 @@ from stages.paths import Paths
 def to_fp16(fp32_path: Path, out_path: Path) -> None:
     """Float16 weights and compute, float32/uint8 interface kept (onnxruntime's float16 converter)."""
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    proto = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    # Resize stays float32: with `tta: flip` two Resize nodes share their scales initializer, and
+    # the converter then casts it for one node and not the other, which leaves a Resize that
+    # onnxruntime refuses to load ("Either `sizes` or `scales` must be provided"). Resizing the
+    # raw input image costs little next to the backbone.
+    proto = convert_float_to_float16(
+        onnx.load(str(fp32_path)), keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, "Resize"]
+    )
     onnx.save(proto, str(out_path))
 
 
@@ -49,8 +56,9 @@ def to_int8(fp32_path: Path, out_path: Path, *, calibration: np.ndarray, p: Int8
         # Shape inference + graph folding first, as onnxruntime recommends; symbolic shape
         # inference needs sympy and nothing here has symbolic shapes but the batch.
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        # The last softmax stays float: its uint8 output would round probabilities to 1/255.
-        softmax = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Softmax"]
+        # The softmax and what follows it (the mean of `tta: flip`) stay float: quantized, the
+        # probabilities would round to 1/255 and the mean of two of them lose its scale.
+        tail = probability_tail(onnx.load(str(pre)).graph)
         quantize_static(
             str(pre),
             str(out_path),
@@ -65,8 +73,25 @@ def to_int8(fp32_path: Path, out_path: Path, *, calibration: np.ndarray, p: Int8
                 "entropy": CalibrationMethod.Entropy,
                 "percentile": CalibrationMethod.Percentile,
             }[p.method],
-            nodes_to_exclude=softmax,
+            nodes_to_exclude=tail,
         )
+
+
+def probability_tail(graph: Any) -> list[str]:
+    """Names of the Softmax nodes and of every node downstream of them."""
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    tail: dict[str, None] = {}
+    todo = [n for n in graph.node if n.op_type == "Softmax"]
+    while todo:
+        node = todo.pop()
+        if node.name in tail:
+            continue
+        tail[node.name] = None
+        todo += [c for out in node.output for c in consumers.get(out, [])]
+    return list(tail)
 
 
 def calibration_images(paths: Paths, n: int, seed: int) -> np.ndarray:

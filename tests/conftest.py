@@ -148,7 +148,7 @@ def nvidia_gpu_present() -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`gpu` tests run only where an NVIDIA GPU is: on CPU machines (CI) they are skipped, saying why."""
-    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
     if gpu_tests and not nvidia_gpu_present():
         skip = pytest.mark.skip(reason="GPU-only code path: no NVIDIA GPU on this machine (nvidia-smi -L)")
         for item in gpu_tests:
