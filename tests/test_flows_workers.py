@@ -31,7 +31,7 @@ def published(tmp_path: Path, prefect_server: dict[str, str]) -> Path:
     run(root, "git", "commit", "-qam", "DVC remote")
     run(root, "git", "push", "-q", "origin", "main")
     prefect = f"{BIN}/prefect"
-    run(root, prefect, "work-pool", "create", POOL, "--type", "process", extra_env=prefect_server)
+    run(root, prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite", extra_env=prefect_server)
     run(root, prefect, "variable", "set", "tlpipe_git_url", origin.as_uri(), "--overwrite", extra_env=prefect_server)
     run(root, prefect, "--no-prompt", "deploy", "--name", "experiment", extra_env=prefect_server)
     return root
