@@ -1,0 +1,90 @@
+"""The GPU check's dry run, for real: TF, DVC and onnxruntime on the tiny generated images, CPU only."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO, SHARED_WEIGHTS
+
+STEPS = [
+    "install_remove_cpu_onnxruntime",
+    "install_gpu_wheels",
+    "install_ort_cudnn",
+    "nvidia_smi",
+    "probe_tensorflow",
+    "probe_onnxruntime",
+    "scratch_project",
+    "dvc_init",
+    "pipeline_to_export",
+    "benchmark_cuda",
+    "benchmark_tensorrt",
+    "throughput_finetune",
+    "sweep_cuda",
+    "sweep_tensorrt",
+]
+
+
+def test_dry_run_reports_every_step_and_goes_on_after_a_failure(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/gpu_check.py",
+            "--out",
+            str(out),
+            "--dry-run",
+            "--weights-dir",
+            str(SHARED_WEIGHTS),
+        ],
+        cwd=REPO,
+        env={**os.environ, "GPU_CHECK_FAIL": "probe_tensorflow"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    report = json.loads((out / "gpu_check.json").read_text())
+    steps = {s["name"]: s for s in report["steps"]}
+    assert list(steps) == STEPS, proc.stdout[-3000:]
+    for s in steps.values():
+        assert s["status"] in ("ok", "failed", "skipped", "timeout") and s["seconds"] >= 0
+    # The forced failure: a clear message, an exit status of 1, and every later step still ran.
+    assert steps["probe_tensorflow"]["status"] == "failed"
+    assert "probe_tensorflow: forced to fail (GPU_CHECK_FAIL)" in steps["probe_tensorflow"]["message"]
+    assert proc.returncode == 1 and report["facts"]["failed_steps"] == ["probe_tensorflow"]
+    assert steps["install_gpu_wheels"]["status"] == "skipped"
+    ran = STEPS[STEPS.index("probe_onnxruntime") :]
+    assert all(steps[name]["status"] == "ok" for name in ran), {n: steps[n]["message"] for n in ran}
+    # What onnxruntime's sessions really got: CPU here, whatever get_available_providers() lists.
+    got = report["facts"]["ort"]["session_providers"]
+    assert got["CUDAExecutionProvider"][0] == "CPUExecutionProvider"
+    figures = report["figures"]
+    for name in ("benchmark_cuda", "benchmark_tensorrt", "sweep_cuda", "sweep_tensorrt"):
+        models = figures[name]["models"]
+        assert {"onnx-fp32", "onnx-fp16", "onnx-int8"} <= set(models)
+        assert all(r["throughput"] > 0 for m in models.values() for r in m["rows"])
+        assert models["onnx-fp32"]["provider"] == "CPUExecutionProvider"
+    assert "keras" in figures["sweep_cuda"]["models"]
+    assert figures["throughput_finetune"]["images_per_s"] > 0
+    md = (out / "gpu_check.md").read_text()
+    assert "| probe_tensorflow | failed |" in md and "### sweep_cuda" in md
+    assert (out / "logs" / "pipeline_to_export.log").is_file()
+
+
+def test_a_spent_budget_skips_steps_with_the_reason(tmp_path: Path) -> None:
+    """Past the budget each remaining step is recorded as skipped, and the report is still written."""
+    out = tmp_path / "report"
+    subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--out", str(out), "--dry-run", "--budget-s", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    steps = {s["name"]: s for s in json.loads((out / "gpu_check.json").read_text())["steps"]}
+    assert steps["probe_onnxruntime"]["status"] == "skipped"
+    assert "budget spent" in steps["probe_onnxruntime"]["message"]
+    assert steps["sweep_cuda"]["status"] == "skipped"
