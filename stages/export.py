@@ -18,6 +18,7 @@ Outputs: models/model.onnx, models/variants/model.<variant>.onnx, reports/export
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
@@ -52,7 +53,7 @@ class VariantError(ModelError):
 
 def variant_path(paths: Paths, variant: str) -> Path:
     """Where an export variant lives: fp32 is models/model.onnx itself."""
-    return paths.onnx_model if variant == "fp32" else paths.variants / f"model.{variant}.onnx"
+    return paths.onnx_variant(variant)
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
@@ -93,10 +94,12 @@ def score(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray, path: Pa
 
 
 def inside(model: Any, tta: str, info: Any) -> dict[str, str]:
-    """What the exported model does inside, for its metadata: TTA and the backbone's input size."""
+    """What the exported model does inside, for its metadata: TTA and the backbone's input size;
+    and what ingest did before it (`resized_to`: [size, size, resize_mode] or null), so that
+    stages.predict prepares new images exactly as the training images were."""
     resize = next((layer for layer in model.layers if type(layer).__name__ == "Resizing"), None)
     size = f"{resize.height}x{resize.width}" if resize is not None else "x".join(map(str, info.image_shape[:2]))
-    return {"tta": tta, "backbone_input_size": size}
+    return {"tta": tta, "backbone_input_size": size, "resized_to": json.dumps(info.source.get("resized_to"))}
 
 
 def run(params: Params, paths: Paths) -> dict[str, Any]:

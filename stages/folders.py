@@ -79,35 +79,10 @@ def read_class_folders(path: Path, data: DataParams) -> RawDataset:
 
     converted: Counter = Counter()
     splits: dict[str, RawSplit] = {}
-    first: tuple[tuple[int, ...], str] | None = None
+    first: list[tuple[tuple[int, ...], str]] = []
     for split in (s for s in SPLITS if s in by_split):
-        members = [f for c in classes for f in by_split[split][c]]
-        images: np.ndarray | None = None
-        labels = np.empty(len(members), np.int64)
-        for i, f in enumerate(members):
-            origin = f"{path}:{f}" if path.is_file() else str(path / f)
-            img = decode_image(
-                origin,
-                blobs.pop(f),
-                color_mode=data.color_mode,
-                size=data.image_size,
-                resize_mode=data.resize_mode,
-                converted=converted,
-            )
-            if first is None:
-                first = (img.shape, origin)
-            elif img.shape != first[0]:
-                h, w = img.shape[:2]
-                raise DataError(
-                    f"{origin}: image is {w}x{h}, expected {first[0][1]}x{first[0][0]} like {first[1]}; "
-                    "all images must share one size: set data.image_size to resize them as they are read, "
-                    "or resize them first"
-                )
-            if images is None:
-                images = np.empty((len(members), *img.shape), np.uint8)
-            images[i] = img
-            labels[i] = index[f.parts[class_level]]
-        splits[split] = RawSplit(images, labels, [str(f) for f in members])
+        members = [(f, index[f.parts[class_level]]) for c in classes for f in by_split[split][c]]
+        splits[split] = decode_split(path, members, blobs, data, converted, first)
     check_trainable(path, classes, splits)
     if converted:
         log.warning("converted to RGB: %s", ", ".join(f"{n} {m} image(s)" for m, n in sorted(converted.items())))
@@ -124,6 +99,47 @@ def read_class_folders(path: Path, data: DataParams) -> RawDataset:
             "skipped_files": skipped,
         },
     )
+
+
+def decode_split(
+    path: Path,
+    members: list[tuple[PurePosixPath, int]],
+    blobs: dict[PurePosixPath, bytes],
+    data: DataParams,
+    converted: Counter,
+    first: list[tuple[tuple[int, ...], str]],
+) -> RawSplit:
+    """The (file, label) members decoded into one split, each blob dropped once decoded.
+
+    Every image must have the shape of the first one decoded (kept in `first`, shared by the
+    splits of one source), unless data.image_size resizes them all as they are read.
+    """
+    images: np.ndarray | None = None
+    labels = np.empty(len(members), np.int64)
+    for i, (f, label) in enumerate(members):
+        origin = f"{path}:{f}" if path.is_file() else str(path / f)
+        img = decode_image(
+            origin,
+            blobs.pop(f),
+            color_mode=data.color_mode,
+            size=data.image_size,
+            resize_mode=data.resize_mode,
+            converted=converted,
+        )
+        if not first:
+            first.append((img.shape, origin))
+        elif img.shape != first[0][0]:
+            h, w = img.shape[:2]
+            raise DataError(
+                f"{origin}: image is {w}x{h}, expected {first[0][0][1]}x{first[0][0][0]} like {first[0][1]}; "
+                "all images must share one size: set data.image_size to resize them as they are read, "
+                "or resize them first"
+            )
+        if images is None:
+            images = np.empty((len(members), *img.shape), np.uint8)
+        images[i] = img
+        labels[i] = label
+    return RawSplit(images, labels, [str(f) for f, _ in members])
 
 
 def _group(

@@ -58,14 +58,19 @@ def decode_image(
             img.load()
     except DataError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        # Pillow's own limit can fire in Image.open, before the header's size is checked above.
+        raise DataError(
+            f"{origin}: image header claims more than {MAX_PIXELS:,} pixels ({first_line(err)}); refusing "
+            "a corrupt or hostile file"
+        ) from None
+    except UnidentifiedImageError:
+        raise DataError(f"{origin}: unreadable image (not a {'/'.join(formats)} file)") from None
     except (
-        UnidentifiedImageError,
         OSError,
         SyntaxError,
         ValueError,
         EOFError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
     ) as err:
         raise DataError(f"{origin}: unreadable image ({type(err).__name__}: {first_line(err)})") from None
     if img.mode != "RGB":

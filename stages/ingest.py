@@ -1,7 +1,8 @@
 """ingest stage: read the source named in params, split it deterministically, write `data/prepared/`.
 
 Sources (`data.source`): the CIFAR-10 python tarball downloaded by Keras (`keras`) or on disk
-(`cifar_python`), and class-folder images (`folder`). Splits: stages.splits. Writes
+(`cifar_python`), class-folder images (`folder`), and images named in a labels file
+(`labels_file`, Kaggle's layout: stages.labelled). Splits: stages.splits. Writes
 data/prepared/ (stages.dataset's contract), reports/ingest/metrics.json (counts, duplicates) and
 reports/ingest/timings.json.
 """
@@ -21,6 +22,7 @@ from stages.dataset import INFO_FILE, MANIFEST_FILE, SPLITS, images_file, labels
 from stages.errors import DataError
 from stages.folders import read_class_folders
 from stages.hashing import fingerprint
+from stages.labelled import read_labelled
 from stages.params import Params
 from stages.params_data import DataParams
 from stages.paths import Paths
@@ -32,9 +34,12 @@ log = logging.getLogger("stages.ingest")
 
 def read_source(data: DataParams, paths: Paths) -> RawDataset:
     """Read the source that `data.source` names; the source info records data.path as written."""
-    if data.image_size is not None and data.source != "folder":
+    # DVC cannot make a params dependency depend on data.source: dvc.yaml lists the labels_file
+    # options for every source, and they are read (so listed == read) whatever the source.
+    labels = data.labels.model_dump()
+    if data.image_size is not None and data.source not in ("folder", "labels_file"):
         raise DataError(
-            f"data.image_size={data.image_size} applies to data.source 'folder' only; CIFAR-10 "
+            f"data.image_size={data.image_size} applies to image-file sources (folder, labels_file) only; CIFAR-10 "
             f"({data.source!r}) is used at its native 32×32 and the model resizes it (model.image_size)"
         )
     if data.source == "keras":
@@ -45,8 +50,12 @@ def read_source(data: DataParams, paths: Paths) -> RawDataset:
             raise DataError(f"data.path: {path} does not exist (data.source is {data.source!r})")
         if data.source == "cifar_python":
             raw = read_cifar_python(path, data.sha256)
+        elif data.source == "labels_file":
+            raw = read_labelled(path, data)
         else:
             raw = read_class_folders(path, data)
+    if data.source == "labels_file":
+        raw.source["labels"] = labels
     raw.source = {"kind": raw.source.pop("kind"), "path": data.path, **raw.source}
     return raw
 

@@ -4,7 +4,7 @@ Every section forbids unknown keys, so a typo (`learning_rat`) is an error namin
 instead of a silently ignored setting. `load_params` turns pydantic's errors into one
 `ParamsError` whose message names the file, the dotted key and the value received. The sections
 themselves live in params_data (ingest, validate), params_training (model, train, finetune,
-runtime) and params_outputs (evaluate, export, benchmark).
+runtime) and params_outputs (evaluate, export, benchmark, predict).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pydantic import ConfigDict, Field, ValidationError
 
 from stages.params_base import ParamsError, Section
 from stages.params_data import DataParams, ValidateParams
-from stages.params_outputs import BenchmarkParams, EvaluateParams, ExportParams
+from stages.params_outputs import BenchmarkParams, EvaluateParams, ExportParams, PredictParams
 from stages.params_training import FinetuneParams, ModelParams, RuntimeParams, TrainParams
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -41,6 +41,7 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
     benchmark: BenchmarkParams = BenchmarkParams()
+    predict: PredictParams = PredictParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

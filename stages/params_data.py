@@ -20,11 +20,45 @@ class SplitLimits(Section):
     test: int | None = Field(None, gt=0)
 
 
+class LabelsParams(Section):
+    """The labels_file source: images named in a CSV/TSV of image id and label (stages.labelled).
+
+    Kaggle's CIFAR-10 layout by default: `train/<id>.png` and `trainLabels.csv` of `id,label`.
+    Paths are inside data.path (a directory, or an archive whose inner .7z/.zip/.tar are opened).
+    """
+
+    # The labels file (.csv comma-separated, .tsv tab-separated), with a header row.
+    file: str = Field("trainLabels.csv", min_length=1)
+    # The folder the ids name images in; `.` for the top of data.path.
+    images: str = Field("train", min_length=1)
+    id_column: str = Field("id", min_length=1)
+    label_column: str = Field("label", min_length=1)
+    # The image of id `7` is `7<image_suffix>`; an id that already ends in .png/.jpg/.jpeg (a
+    # `filename,label` file: id_column=filename) names its file as it is.
+    image_suffix: str = Field(".png", pattern=r"^\.[A-Za-z0-9]+$")
+    # Images in the folder that the labels file does not name: an error, or skipped (and counted).
+    unlisted: Literal["error", "skip"] = "error"
+    # Class order ([]: CIFAR-10's order when the labels are its classes, sorted otherwise); a label
+    # outside a given list is an error naming its line.
+    classes: list[str] = []
+    # A second labels file for a labelled test split, its images in test_images (empty: the test
+    # split is carved from train, data.test_fraction).
+    test_file: str | None = None
+    test_images: str = Field("test", min_length=1)
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v) or any(not c.strip() for c in v):
+            raise ValueError(f"classes must be distinct, non-empty names, got {v}")
+        return v
+
+
 class DataParams(Section):
     # keras: the CIFAR-10 python tarball downloaded from data.path (a URL) by Keras's downloader;
     # cifar_python: that tarball on disk; folder: <split>/<class>/*.{png,jpg,jpeg} as a directory
-    # or a .tar/.tar.gz/.tgz/.zip archive.
-    source: Literal["keras", "cifar_python", "folder"] = "keras"
+    # or a .tar/.tar.gz/.tgz/.zip/.7z archive; labels_file: images named in a labels file (`labels`).
+    source: Literal["keras", "cifar_python", "folder", "labels_file"] = "keras"
     # The data itself, and a DVC dependency of ingest (dvc.yaml: ${data.path}), so changed data
     # reruns ingest. Relative paths are from the project root. keras: the URL (default: CIFAR10_URL).
     path: str | None = None
@@ -44,6 +78,7 @@ class DataParams(Section):
     # center_crop: scale the shorter side to image_size, then cut the middle square (keeps the
     # aspect ratio); stretch: scale both sides to image_size (keeps everything, distorts).
     resize_mode: Literal["center_crop", "stretch"] = "center_crop"
+    labels: LabelsParams = LabelsParams()
 
     @model_validator(mode="before")
     @classmethod

@@ -57,6 +57,10 @@ class Paths:
     def variants(self) -> Path:
         return self.models / "variants"
 
+    def onnx_variant(self, variant: str) -> Path:
+        """An exported model: fp32 is models/model.onnx itself, the others models/variants/model.<variant>.onnx."""
+        return self.onnx_model if variant == "fp32" else self.variants / f"model.{variant}.onnx"
+
     def reports(self, stage: str) -> Path:
         return self.root / "reports" / stage
 

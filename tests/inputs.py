@@ -91,3 +91,51 @@ def tar_tree(root: Path, archive: Path) -> Path:
             for p in sorted(root.iterdir()):
                 tar.add(p, arcname=p.name, filter=normalise)
     return archive
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _with_png_size(png: bytes, width: int, height: int) -> bytes:
+    """The PNG with its header (IHDR) claiming another size, its checksum fixed so that only the size lies."""
+    import struct
+    import zlib
+
+    ihdr = png[12:16] + struct.pack(">II", width, height) + png[24:29]
+    return png[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
+
+
+def bad_image(kind: str, size: int = 16) -> bytes:
+    """An image file a decoder must refuse cleanly:
+    huge: a valid header claiming 100,000 × 100,000 pixels (a decompression bomb's first bytes);
+    truncated: a PNG cut in the middle of its pixel data;
+    lying: a header claiming 64 × 64 over 16 × 16 pixels of data;
+    animated: a two-frame (APNG) file;
+    garbage: no image at all."""
+    img = synthetic_images(2, size, np.array([0, 1]), seed=5)
+    png = png_bytes(img[0])
+    if kind == "huge":
+        return _with_png_size(png, 100_000, 100_000)
+    if kind == "truncated":
+        return png[: len(png) // 2]
+    if kind == "lying":
+        return _with_png_size(png, 4 * size, 4 * size)
+    if kind == "animated":
+        buf = io.BytesIO()
+        Image.fromarray(img[0]).save(buf, format="PNG", save_all=True, append_images=[Image.fromarray(img[1])])
+        return buf.getvalue()
+    if kind == "garbage":
+        return b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+    raise ValueError(kind)
+
+
+BAD_IMAGES = {
+    "huge": r"image header claims .*pixels",
+    "truncated": r"unreadable image",
+    "lying": r"unreadable image",
+    "animated": r"image has 2 frames",
+    "garbage": r"unreadable image",
+}

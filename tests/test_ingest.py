@@ -201,7 +201,7 @@ def test_data_image_size_is_refused_for_cifar_sources(tmp_path: Path) -> None:
     archive = tmp_path / "cifar-10-python.tar.gz"
     make_cifar_tarball(archive, per_batch=10, test=10)
     params = params_for(archive, "cifar_python", sha256=sha256_file(archive), image_size=64)
-    with pytest.raises(DataError, match=r"data.image_size=64 applies to data.source 'folder' only"):
+    with pytest.raises(DataError, match=r"data.image_size=64 applies to image-file sources \(folder, labels_file\)"):
         ingest.run(params, Paths(tmp_path / "out"))
     assert_nothing_written(tmp_path / "out")
     with pytest.raises(ParamsError, match=r"data.image_size: Input should be greater than or equal to 8 \(got 4\)"):

@@ -1,0 +1,150 @@
+"""Batch prediction with the exported tiny model: tables and Kaggle submissions, every input kind,
+bad images on their rows, preprocessing identical to ingest's, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages.errors import DataError
+from stages.images import decode_image
+from stages.onnx_io import open_model
+from stages.params import Params, with_overrides
+from stages.paths import Paths
+from stages.predict import predict
+from tests.conftest import REPO, synthetic_images
+from tests.inputs import BAD_IMAGES, bad_image, png_bytes
+from tests.kaggle import kaggle_zip
+from tests.tiny_models import CLASSES, tiny_project
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return tiny_project(tmp_path_factory)
+
+
+def params(**predict_params) -> Params:
+    return with_overrides(Params(), predict={"providers": ["CPUExecutionProvider"], **predict_params})
+
+
+def images_dir(root: Path, n: int, size: int = 32, seed: int = 1) -> tuple[Path, np.ndarray]:
+    pixels = synthetic_images(n, size, np.arange(n) % 3, seed=seed)
+    root.mkdir(parents=True)
+    for i, img in enumerate(pixels):
+        (root / f"img{i + 1}.png").write_bytes(png_bytes(img))
+    return root, pixels
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(path.read_text())))
+
+
+def test_table_rows_match_the_model_on_the_same_pixels_and_bad_images_get_their_row(
+    project: Path, tmp_path: Path
+) -> None:
+    src, pixels = images_dir(tmp_path / "in", 11)
+    for kind in BAD_IMAGES:
+        (src / f"bad_{kind}.png").write_bytes(bad_image(kind))
+    (src / "notes.txt").write_text("not an image: passed over")
+    out = tmp_path / "out" / "predictions.csv"
+    summary = predict(str(src), out, params(batch_size=4, top_k=2, probabilities=True), Paths(project))
+    assert summary["images"] == 11 + len(BAD_IMAGES) and summary["unreadable"] == len(BAD_IMAGES)
+    assert summary["provider"] == "CPUExecutionProvider"
+    table = rows(out)
+    assert list(table[0]) == ["file", "label", "confidence", "top_k", *(f"p_{c}" for c in CLASSES), "error"]
+    good = [r for r in table if not r["error"]]
+    assert [r["file"] for r in good] == [f"img{i}.png" for i in range(1, 12)]  # natural order: img2 before img10
+    expected = open_model(Paths(project).onnx_model).predict(pixels, 8)
+    got = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in good])
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+    assert [r["label"] for r in good] == [CLASSES[k] for k in expected.argmax(1)]
+    assert all(len(r["top_k"].split()) == 2 for r in good)
+    bad = {r["file"]: r for r in table if r["error"]}
+    for kind, message in BAD_IMAGES.items():
+        row = bad[f"bad_{kind}.png"]
+        assert row["label"] == "" and row["confidence"] == ""
+        assert re.search(message, row["error"]), (kind, row["error"])
+    written = json.loads((tmp_path / "out" / "predictions.summary.json").read_text())
+    assert {e["file"] for e in written["errors"]} == set(bad)
+
+
+def test_kaggle_submission_from_the_7z_inside_the_zip_matches_the_sample_format(project: Path, tmp_path: Path) -> None:
+    archive = kaggle_zip(tmp_path / "cifar-10.zip", per_class=1, test_images=23)
+    out = tmp_path / "submission.csv"
+    summary = predict(str(archive), out, params(format="submission", probabilities=True), Paths(project), folder="test")
+    assert summary["images"] == 23 and summary["unreadable"] == 0  # train/ never read: --folder test
+    with zipfile.ZipFile(archive) as zf:
+        sample = zf.read("sampleSubmission.csv").decode()
+    text = out.read_text()
+    assert text.splitlines()[0] == sample.splitlines()[0] == "id,label" and text.endswith("\n")
+    assert [line.split(",")[0] for line in text.splitlines()] == [line.split(",")[0] for line in sample.splitlines()]
+    assert {r["label"] for r in rows(out)} <= set(CLASSES)
+    probs = rows(tmp_path / "submission.probabilities.csv")
+    assert len(probs) == 23 and list(probs[0]) == ["id", *CLASSES]
+    by_id = {r["id"]: r["label"] for r in rows(out)}
+    assert all(by_id[r["id"]] == max(CLASSES, key=lambda c: float(r[c])) for r in probs)
+
+
+def test_images_are_prepared_as_ingest_prepared_the_training_images(project: Path, tmp_path: Path) -> None:
+    """A model trained on data.image_size-resized photos records it; predict resizes the same way."""
+    import onnx
+
+    model = onnx.load(str(Paths(project).onnx_model))
+    for prop in model.metadata_props:
+        if prop.key == "resized_to":
+            prop.value = json.dumps([32, 32, "center_crop"])
+    resized_model = tmp_path / "resized.onnx"
+    onnx.save(model, str(resized_model))
+    src, photos = images_dir(tmp_path / "photos", 5, size=80)
+    summary = predict(str(src / "*.png"), tmp_path / "p.csv", params(probabilities=True), model=resized_model)
+    as_ingest = np.stack([decode_image("x", png_bytes(p), size=32, resize_mode="center_crop") for p in photos])
+    expected = open_model(resized_model).predict(as_ingest, 8)
+    got = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows(tmp_path / "p.csv")])
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+    assert summary["resized"] == 0  # resized as training images were, not as a fallback
+    # A model that records no resize: other sizes are resized (and counted), or refused on their rows.
+    assert predict(str(src), tmp_path / "q.csv", params(), Paths(project))["resized"] == 5
+    refused = predict(str(src), tmp_path / "r.csv", params(resize_mode="refuse"), Paths(project))
+    assert refused["unreadable"] == 5
+    assert (
+        rows(tmp_path / "r.csv")[0]["error"]
+        == "image is 80x80, the model takes 32x32 (predict.resize_mode is 'refuse')"
+    )
+
+
+def test_on_error_fail_stops_and_writes_nothing(project: Path, tmp_path: Path) -> None:
+    src, _ = images_dir(tmp_path / "in", 6)
+    (src / "img3.png").write_bytes(bad_image("truncated"))
+    out = tmp_path / "out.csv"
+    with pytest.raises(DataError, match=r"img3.png: unreadable image .*predict.on_error is 'fail'"):
+        predict(str(src), out, params(on_error="fail", batch_size=2), Paths(project))
+    assert list(tmp_path.glob("out*")) == []
+    with pytest.raises(DataError, match=r"nowhere: no such file, directory or glob matches"):
+        predict(str(tmp_path / "nowhere"), out, params(), Paths(project))
+
+
+def test_cli_writes_a_submission_and_reports_bad_input_in_one_line(project: Path, tmp_path: Path) -> None:
+    src, _ = images_dir(tmp_path / "test", 12)
+    for i, f in enumerate(sorted(src.iterdir())):
+        f.rename(src / f"{i + 1}.png")
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [sys.executable, "-m", "stages.predict", str(src), "--format", "submission", "-o", str(tmp_path / "sub.csv")]
+    proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split(",")[0] for line in (tmp_path / "sub.csv").read_text().splitlines()] == [
+        "id",
+        *map(str, range(1, 13)),
+    ]
+    assert json.loads(proc.stdout.splitlines()[-1])["images"] == 12
+    bad = subprocess.run([*cmd[:3], str(tmp_path / "missing")], cwd=project, capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: ")
