@@ -10,7 +10,7 @@ import pytest
 
 from stages import bench_timing, benchmark
 from stages.errors import ModelError
-from stages.onnx_io import CPU, ProviderError, gpu_device_present
+from stages.onnx_io import CPU, ProviderError, gpu_device_present, open_model
 from stages.params import ParamsError, parse_params, with_overrides
 from stages.paths import Paths
 from tests.tiny_models import tiny_params, tiny_project
@@ -23,26 +23,39 @@ def project(tmp_path_factory) -> Path:
 
 def test_benchmark_stage_measures_every_model_and_keras(project: Path) -> None:
     paths = Paths(project)
-    metrics = benchmark.run(tiny_params(), paths)
+    # CUDA first with fallback on: the results must say which provider really ran each model.
+    providers = ["CUDAExecutionProvider", CPU]
+    used = open_model(paths.onnx_model, providers, allow_fallback=True).provider
+    if not gpu_device_present():
+        assert used == CPU
+    params = with_overrides(tiny_params(), benchmark={"providers": providers, "allow_fallback": True})
+    metrics = benchmark.run(params, paths)
     out = paths.reports("benchmark")
     results = json.loads((out / "results.json").read_text())
     models = results["models"]
     assert list(models) == ["keras", "onnx-fp32", "onnx-fp16", "onnx-int8"]
     for name, res in models.items():
         assert [r["batch_size"] for r in res["rows"]] == [1, 4]
-        for r in res["rows"]:
-            assert r["iterations"] == 3 and r["throughput"] > 0
-            assert r["latency_p50_ms"] <= r["latency_p90_ms"] <= r["latency_p99_ms"]
-        assert res["provider"] == (CPU if name.startswith("onnx") else "tensorflow (CPU)")
+        assert all(r["iterations"] == 3 and r["throughput"] > 0 for r in res["rows"])
+        assert res["provider"] == (used if name.startswith("onnx") else "tensorflow (CPU)")
     machine = results["machine"]
     assert machine["cpus_usable"] >= 1 and machine["versions"]["onnx"] and machine["versions"]["tensorflow"]
     assert results["image_shape"] == [32, 32, 3]
 
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert metrics["headline_batch"] == 4  # 32 is not in the sweep: the largest batch
-    assert set(metrics["speedup"]) == {"onnx-fp32_vs_keras", "onnx-fp16_vs_onnx-fp32", "onnx-int8_vs_onnx-fp32"}
+    # Every model and batch size measured, and each speedup is the ratio of two measured throughputs.
+    median = {m: {r["batch_size"]: r["throughput_median"] for r in res["rows"]} for m, res in models.items()}
+    assert metrics["throughput_median"] == {
+        m: {f"b{b}": round(t, 2) for b, t in rows.items()} for m, rows in median.items()
+    }
+    pairs = {"onnx-fp32_vs_keras", "onnx-fp16_vs_onnx-fp32", "onnx-int8_vs_onnx-fp32"}
+    assert set(metrics["speedup"]) == pairs
+    for pair in pairs:
+        a, b = pair.split("_vs_")
+        assert metrics["speedup"][pair] == pytest.approx(median[a][4] / median[b][4], abs=1e-3)
     table = (out / "results.md").read_text()
-    assert "| onnx-int8 | CPUExecutionProvider | 4 |" in table and "| keras | tensorflow (CPU) | 1 |" in table
+    assert f"| onnx-int8 | {used} | 4 |" in table and "| keras | tensorflow (CPU) | 1 |" in table
     assert (out / "throughput.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -166,3 +167,27 @@ def test_onnx_matches_keras_on_the_test_split(project: Path) -> None:
     keras_probs = keras_predict(load_keras_model(paths.model), x, 7)
     onnx_probs = open_model(paths.onnx_model).predict(x, 7)
     assert np.abs(keras_probs - onnx_probs).max() < 1e-4
+
+
+def test_the_int8_gate_fails_the_export_with_its_numbers_and_writes_nothing(project: Path, tmp_path: Path) -> None:
+    from stages.params import Params
+
+    assert Params().export.max_variant_accuracy_drop == 3.0  # the documented default, not "no gate"
+    root = fresh_copy(project, tmp_path)
+    # Calibrated on a single image, int8 clips most activations of the others: a real accuracy
+    # loss, which a limit of 0 points must refuse.
+    params = with_overrides(
+        tiny_params(),
+        export={"variants": ["int8"], "max_variant_accuracy_drop": 0.0, "int8": {"calibration_images": 1}},
+    )
+    with pytest.raises(export.VariantError) as failed:
+        export.run(params, Paths(root))
+    message = str(failed.value)
+    assert re.search(
+        r"int8 variant loses (\d+\.\d\d) points of top-1 against float32 on 24 test images "
+        r"\(accuracy \d\.\d{4} against \d\.\d{4}; limit export.max_variant_accuracy_drop = 0\); nothing was written",
+        message,
+    ), message
+    assert float(re.search(r"loses (\d+\.\d\d)", message).group(1)) > 0
+    assert sorted(p.name for p in (root / "models").iterdir()) == ["model.keras"]
+    assert not (root / "reports").exists()

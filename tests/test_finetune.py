@@ -111,6 +111,18 @@ def test_finetune_trains_the_top_blocks_keeps_batchnorm_frozen_and_resumes_after
     assert resumed["best"] == reference["best"] and resumed["val"] == reference["val"]
 
 
+def test_a_backup_made_under_other_params_is_discarded_not_resumed(trained: Path, caplog) -> None:
+    paths = Paths(trained)
+    with pytest.raises(Killed):
+        finetune_run(tiny_params(), paths, callbacks=[killer(3)])
+    assert (paths.checkpoints / "finetune" / "backup.json").is_file()
+
+    with caplog.at_level(logging.INFO, logger="stages"):
+        finetune_run(tiny_params(finetune={"learning_rate": 3e-4}), paths)
+    assert "discarding backup" in caplog.text and "it belongs to other params" in caplog.text
+    assert "resuming" not in caplog.text and timings(trained)["resumed"] == 0
+
+
 @pytest.mark.parametrize(
     "unfreeze, message",
     [

@@ -19,7 +19,7 @@ from stages.hashing import sha256_file
 from stages.params import ParamsError, parse_params
 from stages.paths import Paths
 from tests.conftest import REPO, synthetic_images
-from tests.inputs import make_cifar_tarball, make_class_tree, save_image, tar_tree
+from tests.inputs import bad_image, make_cifar_tarball, make_class_tree, save_image, tar_tree
 
 
 def params_for(path: Path, source: str = "folder", **data) -> object:
@@ -97,6 +97,22 @@ def test_class_folder_tarball_carves_val_and_test(tmp_path: Path) -> None:
     assert manifest[0] == "split,index,label,class_name,sha256,source"
     assert len(manifest) == 101
     assert json.loads((tmp_path / "p" / "reports" / "ingest" / "metrics.json").read_text())["counts"]["val"] == 20
+
+
+def test_folder_archive_checksum_mismatch_refuses_before_decoding_any_image(tmp_path: Path) -> None:
+    tree = make_class_tree(tmp_path / "src", ["cat", "dog"], {"train": 4})
+    # An image no decoder accepts: reaching it would fail with another error than the checksum's.
+    (tree / "train" / "cat" / "0_bomb.png").write_bytes(bad_image("huge"))
+    archive = tar_tree(tree, tmp_path / "imgs.tar.gz")
+    wrong = "0" * 64
+    with pytest.raises(DataError) as refused:
+        ingest.run(params_for(archive, sha256=wrong), Paths(tmp_path / "p"))
+    assert str(refused.value) == (
+        f"{archive}: SHA-256 checksum mismatch: expected {wrong}, got {sha256_file(archive)}. "
+        "The file is corrupt, truncated or not the one params name (data.sha256)."
+    )
+    assert_nothing_written(tmp_path / "p")
+    assert not (tmp_path / "p" / "reports").exists()
 
 
 def test_splits_are_deterministic_from_seed(tmp_path: Path) -> None:

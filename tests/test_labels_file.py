@@ -55,6 +55,7 @@ def test_kaggle_zip_trains_through_ingest_validate_and_train(tmp_path: Path) -> 
     assert "train/1.png" in manifest and "test/" not in manifest  # test.7z was never read
     assert validate.run(params, paths)["success"] is True
     metrics = train.run(params, paths)
+    # 60 real CIFAR images of 10 classes for one epoch: no floor above chance to assert.
     assert 0 <= metrics["best"]["val_accuracy"] <= 1 and paths.head_model.is_file()
 
 

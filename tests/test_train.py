@@ -72,7 +72,8 @@ def test_train_writes_the_head_model_reports_and_feature_cache(prepared_dir: Pat
 
     reports = paths.reports("train")
     assert json.loads((reports / "metrics.json").read_text()) == metrics
-    assert metrics["epochs_run"] == 2 and 0 <= metrics["best"]["val_accuracy"] <= 1
+    # Chance is 1/3 on these 15 validation images; the head learnt the classes.
+    assert metrics["epochs_run"] == 2 and metrics["best"]["val_accuracy"] > 0.5
     assert metrics["features"]["cached"] == 1 and timings(reports)["features"]["cache_hit"] == 0
     for curve in ("train/loss", "train/accuracy", "val/loss", "val/accuracy"):
         rows = (reports / "plots" / "metrics" / f"{curve}.tsv").read_text().splitlines()
