@@ -147,7 +147,15 @@ def nvidia_gpu_present() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`gpu` tests run only where an NVIDIA GPU is: on CPU machines (CI) they are skipped, saying why."""
+    """`gpu` tests run only where an NVIDIA GPU is: on CPU machines (CI) they are skipped, saying why.
+
+    Under pytest-xdist (`--dist loadgroup`, see pyproject.toml) every test is grouped with the
+    tests that share its expensive fixtures, so each is built once: the tests of the reproduced
+    tiny project together (the session fixture takes minutes), every other module on one worker
+    (its module-scoped tiny models)."""
+    for item in items:
+        group = "reproduced" if "reproduced" in getattr(item, "fixturenames", ()) else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
     gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
     if gpu_tests and not nvidia_gpu_present():
         skip = pytest.mark.skip(reason="GPU-only code path: no NVIDIA GPU on this machine (nvidia-smi -L)")

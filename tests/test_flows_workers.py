@@ -80,7 +80,12 @@ def test_two_workers_run_experiments_at_once_and_push_them_where_any_clone_sees_
         for w in workers:
             w.terminate()
         for w in workers:
-            w.wait(timeout=60)
+            # A worker's graceful shutdown can take long on busy cores: it is cleanup, not what is tested.
+            try:
+                w.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait()
     logs = "\n".join((tmp_path / f"worker-{i}" / "worker.log").read_text()[-2000:] for i in range(2))
     assert state.is_failed() and "1 of 3 experiments failed: vgg16" in state.message, logs
 
