@@ -87,7 +87,12 @@ def on_workers(scratch: Path, server_env: dict[str, str]) -> float:
     finally:
         for w in workers:
             w.terminate()
-            w.wait(timeout=60)
+        for w in workers:
+            try:  # a worker's graceful shutdown can take long on busy cores
+                w.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait()
 
 
 def main() -> None:

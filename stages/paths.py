@@ -78,8 +78,13 @@ class Paths:
 
 
 def origin_root(root: Path) -> Path:
-    """The project a DVC experiment copy was made from (root itself when it is no such copy)."""
+    """The project a DVC experiment copy was made from (root itself when it is no such copy).
+
+    DVC puts the queue's copies in <project>/.dvc/tmp/exps/<tmp>/ and `dvc exp run --temp`'s in
+    <project>/.dvc/tmp/exps/standalone/<tmp>/.
+    """
     parts = root.parts
-    if len(parts) > 4 and parts[-4:-1] == (".dvc", "tmp", "exps"):
-        return Path(*parts[:-4])
+    for depth in (4, 5):
+        if len(parts) > depth and parts[-depth : -depth + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:-depth])
     return root
