@@ -25,8 +25,9 @@ MOBILENET_V2_035 = SHARED_WEIGHTS / "mobilenet_v2_0.35_224_no_top.weights.h5"
 BIN = str(Path(sys.executable).parent)  # the venv's bin: dvc, and the python DVC stages run with
 
 
-def sh(*args: str, cwd: Path) -> str:
-    env = {
+def env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment commands of the tests run in: the venv's tools first, DVC offline, a git identity."""
+    return {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "DVC_NO_ANALYTICS": "1",
@@ -34,8 +35,12 @@ def sh(*args: str, cwd: Path) -> str:
         "GIT_AUTHOR_EMAIL": "t@x",
         "GIT_COMMITTER_NAME": "t",
         "GIT_COMMITTER_EMAIL": "t@x",
+        **(extra or {}),
     }
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def sh(*args: str, cwd: Path) -> str:
+    proc = subprocess.run(args, cwd=cwd, env=env(), capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 

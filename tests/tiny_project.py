@@ -4,7 +4,6 @@ dvc.yaml and params.yaml shrunk to seconds per stage, its images and weights bes
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import MOBILENET_V2_035, REPO
+from tests.conftest import MOBILENET_V2_035, REPO, env
 from tests.inputs import make_class_tree, tar_tree
 
 BIN = str(Path(sys.executable).parent)
@@ -65,19 +64,6 @@ def make_project(
     run(dest, "dvc", "init", "-q")
     commit(dest, "tiny project")
     return dest
-
-
-def env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@x",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@x",
-        **(extra or {}),
-    }
 
 
 def run(
