@@ -59,7 +59,9 @@ def timed_compare(root: Path, **kwargs: object) -> float:
 
 
 def on_workers(scratch: Path, server_env: dict[str, str]) -> float:
-    from tests.tiny_project import BIN, env, run
+    from tests.conftest import BIN, env
+    from tests.prefect_client import stop_processes
+    from tests.tiny_project import run
 
     root = project(scratch, "workers")
     origin = scratch / "origin.git"
@@ -85,14 +87,7 @@ def on_workers(scratch: Path, server_env: dict[str, str]) -> float:
     try:
         return timed_compare(root, deployment="remote-experiment/experiment")
     finally:
-        for w in workers:
-            w.terminate()
-        for w in workers:
-            try:  # a worker's graceful shutdown can take long on busy cores
-                w.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                w.kill()
-                w.wait()
+        stop_processes(workers, timeout=30)
 
 
 def main() -> None:

@@ -63,9 +63,17 @@ def stop_server(proc: subprocess.Popen) -> None:
     try:
         APILogWorker.drain_all(timeout=10)  # the last log lines go to the server before it stops
     finally:
+        stop_processes([proc], timeout=20)
+
+
+def stop_processes(procs: list[subprocess.Popen], timeout: float) -> None:
+    """Asks every process to stop, then kills those still running after `timeout` seconds: a
+    Prefect server's or worker's graceful shutdown can take long on busy cores."""
+    for proc in procs:
         proc.terminate()
+    for proc in procs:
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

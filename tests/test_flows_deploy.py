@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from tests.conftest import REPO
+from tests.conftest import BIN, REPO, env
 from tests.prefect_client import client, outcomes, start_server, stop_server
-from tests.tiny_project import BIN, env, run
+from tests.tiny_project import run
 
 PREFECT = f"{BIN}/prefect"
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.prefect_client import artifact, client
-from tests.tiny_project import BIN, env, make_project, run
+from tests.conftest import BIN, env
+from tests.prefect_client import artifact, client, stop_processes
+from tests.tiny_project import make_project, run
 
 FAST = ["export.variants=[]", "benchmark.batch_sizes=[4]"]
 POOL = "tlpipe-experiments"
@@ -77,15 +78,7 @@ def test_two_workers_run_experiments_at_once_and_push_them_where_any_clone_sees_
             return_state=True,
         )
     finally:
-        for w in workers:
-            w.terminate()
-        for w in workers:
-            # A worker's graceful shutdown can take long on busy cores: it is cleanup, not what is tested.
-            try:
-                w.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                w.kill()
-                w.wait()
+        stop_processes(workers, timeout=30)
     logs = "\n".join((tmp_path / f"worker-{i}" / "worker.log").read_text()[-2000:] for i in range(2))
     assert state.is_failed() and "1 of 3 experiments failed: vgg16" in state.message, logs
 

@@ -13,10 +13,10 @@ from stages.paths import Paths
 from tests.conftest import REPO
 from tests.tiny_project import commit, run
 
+# What the stage runs: where it is, and where `../weights` from params leads from there.
 RESOLVE = (
-    "import json, sys; sys.path.insert(0, {repo!r}); from stages.paths import Paths; "
-    "json.dump({{'cwd': __import__('os').getcwd(), 'weights': str(Paths().resolve('../weights'))}}, "
-    "open({out!r}, 'w'))"
+    "import json, os, sys; sys.path.insert(0, {repo!r}); from stages.paths import Paths; "
+    "json.dump({{'cwd': os.getcwd(), 'weights': str(Paths().resolve('../weights'))}}, open({out!r}, 'w'))"
 )
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ import yaml
 from tests.conftest import MOBILENET_V2_035, REPO, env
 from tests.inputs import make_class_tree, tar_tree
 
-BIN = str(Path(sys.executable).parent)
 CLASSES = ["cat", "dog", "frog"]
 DATA = "../images.tar.gz"  # relative, like ../shared/...: the same params in any directory
 WEIGHTS_DIR = "../weights"
