@@ -48,6 +48,18 @@ def next_scheduled_run(deployment_id: UUID) -> Any:
             time.sleep(0.5)
 
 
+def test_every_doc_sets_the_api_url_before_starting_the_server() -> None:
+    # `prefect server status --wait` without PREFECT_API_URL says "No API URL configured" and the
+    # next command fails: the README's order (run by the test below) holds in every doc.
+    for doc in (REPO / "README.md", REPO / "flows" / "README.md", REPO / "benchmarks" / "README.md"):
+        for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), re.S):
+            lines = [ln.strip() for ln in block.splitlines()]
+            starts = [i for i, ln in enumerate(lines) if ln.startswith("prefect server start")]
+            urls = [i for i, ln in enumerate(lines) if ln.startswith("prefect config set PREFECT_API_URL=")]
+            if starts:
+                assert urls and urls[0] < starts[0], f"{doc.relative_to(REPO)}: server started before its URL is set"
+
+
 def test_readme_server_commands_run_in_the_order_written(reproduced, tmp_path: Path) -> None:
     readme = (REPO / "README.md").read_text()
     block = next(b for b in re.findall(r"```bash\n(.*?)```", readme, re.S) if "prefect server start" in b)
