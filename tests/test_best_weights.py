@@ -35,9 +35,36 @@ def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
-# Learning rates far too high for the data: the validation loss is best early and worse after,
-# so the best epoch comes before the last one (asserted, so the test cannot pass vacuously).
-JUMPY = {"early_stopping": {"monitor": "val_loss", "patience": 10}}
+def damage_before_last_validation(epochs: int):
+    """A Keras callback that, once the last epoch's training steps are done and just before its
+    validation pass, turns the classifier's output layer around (kernel and bias × -100): every
+    prediction becomes confidently wrong, so that epoch's val_loss is far worse than any earlier
+    one's on any CPU. The best epoch is then an earlier one by construction, not by luck."""
+    import keras
+
+    class Damage(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.epoch = -1
+            self.damaged = False
+
+        def on_epoch_begin(self, epoch: int, logs: object = None) -> None:
+            self.epoch = epoch  # the global epoch: the stages fit one epoch per call (initial_epoch)
+
+        def on_test_begin(self, logs: object = None) -> None:
+            if self.epoch != epochs - 1 or self.damaged:
+                return
+            classes = self.model.outputs[0].shape[-1]
+            output = [v for v in self.model.weights if v.shape[-1] == classes and len(v.shape) in (1, 2)]
+            assert output, "no output layer weights found to damage"
+            for v in output:
+                v.assign(-100.0 * v.numpy())
+            self.damaged = True
+
+    return Damage()
+
+
+STOPPING = {"early_stopping": {"monitor": "val_loss", "patience": 10}}  # never stops early here
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +75,10 @@ def head_trained(tmp_path_factory) -> tuple[Path, dict, list[list[np.ndarray]]]:
 
     root = tmp_path_factory.mktemp("best_weights")
     write_prepared(root / "data" / "prepared", ["cat", "dog", "frog"])
-    snap = snapshots()
-    params = tiny_params(train={"epochs": 4, "learning_rate": 0.5, **JUMPY})
-    metrics = train.run(params, Paths(root), callbacks=[snap])
+    snap, damage = snapshots(), damage_before_last_validation(4)
+    params = tiny_params(train={"epochs": 4, **STOPPING})
+    metrics = train.run(params, Paths(root), callbacks=[damage, snap])
+    assert damage.damaged
     head = keras.models.load_model(Paths(root).head_model).get_layer(HEAD_LAYER).get_weights()
     return root, metrics, [snap.epochs, head]
 
@@ -70,12 +98,10 @@ def test_finetune_keeps_the_best_epochs_weights_not_the_last(head_trained, tmp_p
 
     root = tmp_path / "project"
     shutil.copytree(head_trained[0], root)
-    snap = snapshots()
-    constant = {"kind": "constant", "warmup_epochs": 0}
-    params = tiny_params(
-        finetune={"epochs": 3, "learning_rate": 0.1, "schedule": constant, "backup_every_steps": 0, **JUMPY}
-    )
-    metrics = finetune.run(params, Paths(root), callbacks=[snap])
+    snap, damage = snapshots(), damage_before_last_validation(3)
+    params = tiny_params(finetune={"epochs": 3, "backup_every_steps": 0, **STOPPING})
+    metrics = finetune.run(params, Paths(root), callbacks=[damage, snap])
+    assert damage.damaged
     best = metrics["best"]["epoch"]
     assert metrics["epochs_run"] == 3 and best < 3, metrics["best"]
     saved = keras.models.load_model(Paths(root).model).get_weights()
