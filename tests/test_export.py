@@ -71,9 +71,18 @@ def test_export_writes_uint8_onnx_with_variants_and_parity(project: Path) -> Non
     assert not list(paths.models.glob(".export-*")), "scratch directory left behind"
 
 
-def test_int8_qoperator_and_entropy_variants_run(project: Path, tmp_path: Path) -> None:
+def test_int8_qoperator_and_entropy_variants_are_what_they_say_and_agree_with_float32(
+    project: Path, tmp_path: Path
+) -> None:
+    from collections import Counter
+
+    import onnx
+
     paths = Paths(project)
+    info = load_info(paths.prepared)
     calib = calibration_images(paths, 16, seed=0)
+    x, y = load_split(paths.prepared, "test", mmap=False)
+    fp32 = open_model(paths.onnx_model, info=info).predict(x, 8)
     base = tiny_params().export.int8
     for fmt, method in (("qoperator", "minmax"), ("qdq", "entropy")):
         out = tmp_path / f"{fmt}-{method}.onnx"
@@ -84,8 +93,15 @@ def test_int8_qoperator_and_entropy_variants_run(project: Path, tmp_path: Path) 
             p=base.model_copy(update={"format": fmt, "method": method}),
             batch_size=8,
         )
-        probs = open_model(out, info=load_info(paths.prepared)).predict(calib[:4], 4)
-        assert probs.shape == (4, len(CLASSES))
+        ops = Counter(node.op_type for node in onnx.load(str(out)).graph.node)
+        if fmt == "qoperator":  # integer operators, float only at the ends (and the float softmax)
+            assert ops["QLinearConv"] > 0 and ops["Conv"] == 0 and ops["QuantizeLinear"] == 1, ops
+        else:  # float operators between quantize/dequantize pairs
+            assert ops["Conv"] > 0 and ops["QLinearConv"] == 0 and ops["QuantizeLinear"] > 1, ops
+        probs = open_model(out, info=info).predict(x, 5)
+        assert probs.shape == (len(x), len(CLASSES))
+        assert np.abs(probs - fp32).max() < 0.1, (fmt, method)
+        assert (probs.argmax(1) == fp32.argmax(1)).mean() >= 0.875, (fmt, method)
 
 
 def test_parity_failure_fails_the_stage_and_writes_nothing(project: Path, tmp_path: Path) -> None:

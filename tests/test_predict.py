@@ -148,3 +148,31 @@ def test_cli_writes_a_submission_and_reports_bad_input_in_one_line(project: Path
     bad = subprocess.run([*cmd[:3], str(tmp_path / "missing")], cwd=project, capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_cli_variant_and_on_error_flags_reach_the_prediction(project: Path, tmp_path: Path) -> None:
+    src, pixels = images_dir(tmp_path / "in", 6)
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = tmp_path / "out" / "int8.csv"
+    cmd = [sys.executable, "-m", "stages.predict", str(src), "-o", str(out), "--probabilities"]
+    proc = subprocess.run(
+        [*cmd, "--variant", "int8"], cwd=project, capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    int8 = Paths(project).onnx_variant("int8")
+    assert json.loads(proc.stdout.splitlines()[-1])["model"] == str(int8.relative_to(project))
+    got = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows(out)])
+    np.testing.assert_allclose(got, open_model(int8).predict(pixels, 8), atol=2e-6)
+
+    (src / "img3.png").write_bytes(bad_image("truncated"))
+    failed = tmp_path / "out" / "failed.csv"
+    fail = [*cmd[:5], str(failed), "--on-error", "fail"]
+    proc = subprocess.run(fail, cwd=project, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: img3.png: unreadable image") and "predict.on_error is 'fail'" in last
+    assert not list(failed.parent.glob("failed*"))
+    report = [*cmd[:5], str(failed), "--on-error", "report"]
+    proc = subprocess.run(report, cwd=project, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and json.loads(proc.stdout.splitlines()[-1])["unreadable"] == 1
+    assert [r["file"] for r in rows(failed) if r["error"]] == ["img3.png"]
