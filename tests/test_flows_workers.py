@@ -86,7 +86,7 @@ def test_two_workers_run_experiments_at_once_and_push_them_where_any_clone_sees_
     assert rows["vgg16"]["status"] == "failed" and "missing.weights.h5" in rows["vgg16"]["error"]
     names = [rows[b]["experiment"] for b in ("mobilenetv2", "mobilenet")]
     for b in ("mobilenetv2", "mobilenet"):
-        assert rows[b]["status"] == "success" and 0 <= rows[b]["accuracy"] <= 1 and rows[b]["run_s"] > 0, rows[b]
+        assert rows[b]["status"] == "success" and rows[b]["run_s"] > 0, rows[b]
 
     # The two workers ran them at the same time: Prefect's own start and end times overlap.
     with client() as c:
@@ -100,6 +100,8 @@ def test_two_workers_run_experiments_at_once_and_push_them_where_any_clone_sees_
     run(fresh, "dvc", "exp", "pull", "origin", *names)
     shown = run(fresh, "dvc", "exp", "show", "--json")
     assert all(name in shown for name in names), shown[-3000:]
-    run(fresh, "dvc", "exp", "apply", names[0])
-    metrics = json.loads((fresh / "reports/evaluate/metrics.json").read_text())
-    assert metrics["accuracy"] == pytest.approx(rows["mobilenetv2"]["accuracy"])
+    # ...and the leaderboard's accuracies are the experiments' own evaluation reports.
+    for backbone, name in zip(("mobilenetv2", "mobilenet"), names, strict=True):
+        run(fresh, "dvc", "exp", "apply", name)
+        metrics = json.loads((fresh / "reports/evaluate/metrics.json").read_text())
+        assert metrics["accuracy"] == pytest.approx(rows[backbone]["accuracy"]), backbone
