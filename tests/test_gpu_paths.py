@@ -49,6 +49,10 @@ def test_onnxruntime_runs_on_cuda_with_io_binding(tmp_path) -> None:
     )
     assert cuda.provider == "CUDAExecutionProvider"
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
+    expected = model.predict(pixels, verbose=0)
     call = onnx_runner(cuda, pixels, io_binding=True)
-    call()  # input bound on the GPU once, outputs kept there
-    np.testing.assert_allclose(cuda.predict(pixels.astype(np.uint8), batch_size=4), model.predict(pixels), atol=1e-3)
+    (bound,) = call()  # input bound on the GPU once, the output kept there
+    assert bound.device_name().lower() == "cuda"
+    np.testing.assert_allclose(bound.numpy(), expected, atol=1e-3)
+    np.testing.assert_allclose(call()[0].numpy(), expected, atol=1e-3)  # the same binding, run again
+    np.testing.assert_allclose(cuda.predict(pixels.astype(np.uint8), batch_size=4), expected, atol=1e-3)
