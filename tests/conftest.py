@@ -40,7 +40,7 @@ def env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def sh(*args: str, cwd: Path) -> str:
-    proc = subprocess.run(args, cwd=cwd, env=env(), capture_output=True, text=True)
+    proc = subprocess.run(args, cwd=cwd, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
@@ -147,7 +147,7 @@ def nvidia_gpu_present() -> bool:
     smi = shutil.which("nvidia-smi")
     if not smi:
         return False
-    done = subprocess.run([smi, "-L"], capture_output=True, text=True)
+    done = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=60)
     return done.returncode == 0 and "GPU" in done.stdout
 
 

@@ -67,7 +67,7 @@ def test_repro_stops_before_downstream_when_validation_fails(tmp_path: Path) -> 
     repo = project_copy(tmp_path / "repo", tree)
     env_path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
     proc = subprocess.run(
-        ["dvc", "repro"], cwd=repo, capture_output=True, text=True, env={**os.environ, "PATH": env_path}
+        ["dvc", "repro"], cwd=repo, capture_output=True, text=True, env={**os.environ, "PATH": env_path}, timeout=600
     )
     assert proc.returncode != 0
     assert "splits_sharing_image" in proc.stdout + proc.stderr

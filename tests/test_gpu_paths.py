@@ -24,7 +24,7 @@ rt = configure(Params.model_validate(p))
 print(json.dumps({"policy": rt.settings()["policy"],
                   "replicas": rt.replicas, "gpus": len(tf.config.list_physical_devices("GPU"))}))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300).stdout
     import json
 
     got = json.loads(out.strip().splitlines()[-1])

@@ -268,6 +268,7 @@ def test_cli_reports_bad_params_and_exits_nonzero(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        timeout=300,
     )
     assert proc.returncode == 1
     assert "params.yaml: invalid parameters:" in proc.stderr

@@ -203,7 +203,9 @@ def test_cli_prints_one_line_and_exits_nonzero(tmp_path: Path) -> None:
     project.mkdir()
     (project / "params.yaml").write_text(yaml.safe_dump({"data": {"source": "labels_file", "path": str(root)}}))
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "stages.ingest"], cwd=project, capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.ingest"], cwd=project, capture_output=True, text=True, env=env, timeout=300
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {root}/train/3.png: unreadable image")
     assert "Traceback" not in proc.stderr and not (project / "data").exists()

@@ -145,7 +145,9 @@ def test_cli_writes_a_submission_and_reports_bad_input_in_one_line(project: Path
         *map(str, range(1, 13)),
     ]
     assert json.loads(proc.stdout.splitlines()[-1])["images"] == 12
-    bad = subprocess.run([*cmd[:3], str(tmp_path / "missing")], cwd=project, capture_output=True, text=True, env=env)
+    bad = subprocess.run(
+        [*cmd[:3], str(tmp_path / "missing")], cwd=project, capture_output=True, text=True, env=env, timeout=120
+    )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("error: ")
 
