@@ -108,6 +108,10 @@ class PredictParams(Section):
     variant: Literal["fp32", "fp16", "int8"] = "fp32"
     # In order of preference; the first one that loads is used (and named in the summary).
     providers: list[ProviderName] = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    # false: a session that does not run on the first provider listed is an error (a GPU
+    # machine must not silently predict on CPU); true: the next that loads, logged and named
+    # in the summary.
+    allow_fallback: bool = True
     threads: int = Field(0, ge=0)  # onnxruntime intra-op threads; 0: one per core
     batch_size: int = Field(32, gt=0)
     # table: file,label,confidence,top_k(,p_<class>...),error in input order;
