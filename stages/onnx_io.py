@@ -184,8 +184,10 @@ def check_input(model: OnnxModel, info: DatasetInfo) -> None:
 
 
 def gpu_device_present() -> bool:
-    """An NVIDIA driver device node is there (Linux; containers get it when a GPU is passed in)."""
-    return Path("/dev/nvidiactl").exists()
+    """An NVIDIA driver device node is there: /dev/nvidiactl on Linux (containers get it when a GPU
+    is passed in), /dev/dxg under WSL2, where the Windows driver serves CUDA. A /dev/dxg of another
+    vendor's GPU only means a GPU session is tried: `open_model` then sees it land on CPU."""
+    return Path("/dev/nvidiactl").exists() or Path("/dev/dxg").exists()
 
 
 def session_providers(path: Path, providers: list[str], max_batch: int) -> list[tuple[str, dict[str, Any]]]:

@@ -41,23 +41,35 @@ print(json.dumps({"policy": rt.settings()["policy"], "xla": rt.settings()["xla"]
 
 
 def test_onnxruntime_runs_on_cuda_with_io_binding(tmp_path) -> None:
+    """onnxruntime's CUDA 13 session in a process of its own: TensorFlow (built for CUDA 12) loaded in
+    the same process would bring its own CUDA and cuDNN libraries first, which the benchmark stage's
+    Keras baseline avoids on purpose (a spawned child)."""
     import keras
     import onnx
     import tf2onnx
-
-    from stages.bench_timing import onnx_runner
-    from stages.onnx_io import open_model
 
     inputs = keras.Input((32, 32, 3), name="image")
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3)(inputs))
     model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
     proto, _ = tf2onnx.convert.from_keras(model, opset=17)
     onnx.save(proto, str(tmp_path / "tiny.onnx"))
-    cuda = open_model(
-        tmp_path / "tiny.onnx", ["CUDAExecutionProvider"], allow_fallback=False, threads=0, graph_optimization="all"
-    )
-    assert cuda.provider == "CUDAExecutionProvider"
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
-    call = onnx_runner(cuda, pixels, io_binding=True)
-    call()  # input bound on the GPU once, outputs kept there
-    np.testing.assert_allclose(cuda.predict(pixels.astype(np.uint8), batch_size=4), model.predict(pixels), atol=1e-3)
+    np.save(tmp_path / "pixels.npy", pixels)
+    np.save(tmp_path / "keras.npy", model.predict(pixels, verbose=0))
+    code = """
+import sys
+from pathlib import Path
+import numpy as np
+from stages.bench_timing import onnx_runner
+from stages.onnx_io import open_model
+d = Path(sys.argv[1])
+assert "tensorflow" not in sys.modules
+cuda = open_model(d / "tiny.onnx", ["CUDAExecutionProvider"], allow_fallback=False, threads=0, graph_optimization="all")
+assert cuda.provider == "CUDAExecutionProvider", cuda.provider
+pixels = np.load(d / "pixels.npy")
+onnx_runner(cuda, pixels, io_binding=True)()  # input bound on the GPU once, outputs kept there
+np.testing.assert_allclose(cuda.predict(pixels.astype(np.uint8), batch_size=4), np.load(d / "keras.npy"), atol=1e-3)
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
