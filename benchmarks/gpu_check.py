@@ -2,6 +2,7 @@
 then the timed figures, into one JSON and one Markdown report (benchmarks/README.md, "GPU check").
 
     bash benchmarks/gpu_check.sh --out /tmp/gpu-check                # on a fresh GPU machine
+    python benchmarks/gpu_preflight.py                               # can the driver run the CUDA builds?
     python benchmarks/gpu_check.py --out /tmp/gpu-check --dry-run    # on CPU: every step that needs no GPU
 
 Every step runs in a child process under `timeout`, so a hung CUDA initialisation or TensorRT
@@ -31,7 +32,8 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from gpu_check_report import Report  # noqa: E402 - after the path that finds it
-from gpu_check_scratch import make_scratch, read_params, write_params  # noqa: E402
+from gpu_preflight import facts as preflight_facts  # noqa: E402
+from gpu_preflight import verdict  # noqa: E402
 
 PY = sys.executable
 BIN = Path(PY).parent
@@ -46,6 +48,7 @@ INSTALLS = {
         "-m",
         "pip",
         "install",
+        *("--retries", "1", "--timeout", "20"),  # a machine without PyPI fails in seconds, not minutes
         "-e",
         ".[test]",
         "tensorflow[and-cuda]==2.21.0",
@@ -57,12 +60,68 @@ INSTALLS = {
         "-m",
         "pip",
         "install",
+        *("--retries", "1", "--timeout", "20"),
         "--no-deps",
         "--target",
         str(CUDNN_TARGET),
         "nvidia-cudnn-cu13~=9.0",
     ],  # fmt: skip
 }
+# Seconds each step is expected to take on a GPU machine (the high end of benchmarks/README.md's
+# estimates): the default budget is their sum, so that no step is cut for want of time.
+ESTIMATE_S = {
+    "install": 300,  # the three pip steps together
+    "probes": 50,
+    "pipeline_to_export": 120,
+    "benchmark_cuda": 20,
+    "benchmark_tensorrt": 180,
+    "throughput_finetune": 120,
+    "sweep_cuda": 120,
+    "sweep_tensorrt": 180,
+    "overhead": 30,  # nvidia-smi, preflight, scratch project, dvc init, reports
+}
+# onnxruntime-gpu 1.31.1's TensorRT provider links libnvinfer.so.10 (TensorRT 10). PyPI's
+# tensorrt-cu13-libs 10.x is a stub (wheel_stub) that downloads the wheel from NVIDIA's own index
+# at install time, so the check cannot install it from PyPI alone; it runs the TensorRT steps
+# where TensorRT 10 is already there (pip's tensorrt_libs or the system's), and skips them
+# with this reason otherwise.
+NO_TENSORRT = (
+    "TensorRT 10 (libnvinfer.so.10, which onnxruntime-gpu 1.31.1's TensorRT provider loads) is not installed, "
+    "and PyPI's tensorrt-cu13-libs 10.x only downloads from NVIDIA's index: "
+    "pip install 'tensorrt-cu13-libs~=10.16' where that index is reachable, then rerun"
+)
+
+
+def estimate_s(install: bool, tensorrt: bool) -> int:
+    """The GPU steps' expected seconds, as ESTIMATE_S, without the installs or TensorRT if skipped."""
+    skip = set() if install else {"install"}
+    skip |= set() if tensorrt else {"benchmark_tensorrt", "sweep_tensorrt"}
+    return sum(v for k, v in ESTIMATE_S.items() if k not in skip)
+
+
+def tensorrt_lib_dir() -> Path | None:
+    """The folder of pip's TensorRT 10 libraries (the tensorrt_libs package), if installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("tensorrt_libs")
+    if spec and spec.submodule_search_locations:
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        if (folder / "libnvinfer.so.10").exists():
+            return folder
+    return None
+
+
+def tensorrt_present() -> bool:
+    import ctypes
+
+    folder = tensorrt_lib_dir()
+    try:
+        ctypes.CDLL(str(folder / "libnvinfer.so.10") if folder else "libnvinfer.so.10")
+    except OSError:
+        return False
+    return True
+
+
 ERROR_LINE = re.compile(r"^(error|ERROR|\w+(Error|Exception|Exit)\b)")
 PACKAGES = ("tensorflow", "keras", "onnxruntime", "onnxruntime-gpu", "onnx", "dvc", "nvidia-cudnn-cu12", "tensorrt")
 
@@ -76,6 +135,8 @@ class Check:
         self.logs = self.out / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.scratch = Path(args.scratch).resolve() if args.scratch else self.out / "scratch" / "project"
+        # Dry run: the TensorRT request runs and falls back to CPU, which is what it checks there.
+        self.tensorrt = args.dry_run or tensorrt_present()
         self.env = {
             **os.environ,
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -85,6 +146,11 @@ class Check:
         }
         if CUDNN_TARGET.is_dir():
             self.env.setdefault("TLPIPE_ORT_CUDNN_DIR", str(CUDNN_TARGET / "nvidia" / "cudnn" / "lib"))
+        trt_dir = tensorrt_lib_dir()
+        if trt_dir:  # onnxruntime's TensorRT provider dlopens libnvinfer.so.10 by name
+            self.env["LD_LIBRARY_PATH"] = f"{trt_dir}{os.pathsep}{self.env.get('LD_LIBRARY_PATH', '')}"
+        if args.budget_s is None:
+            args.budget_s = float(estimate_s(not (args.dry_run or args.skip_install), self.tensorrt))
         self.report = Report(
             self.out,
             {
@@ -157,9 +223,14 @@ class Check:
 
     def benchmark(self, name: str, providers: list[str], limit_s: float, **bench: Any) -> None:
         """The benchmark stage through `dvc repro` in the scratch project, with these providers."""
+        if TRT in providers and not self.tensorrt:
+            self.skip(name, NO_TENSORRT)
+            return
         if not (self.scratch / "models" / "model.onnx").is_file():
             self.skip(name, "no exported model in the scratch project (see the pipeline step)")
             return
+        from gpu_check_scratch import read_params, write_params  # numpy, yaml: there once installed
+
         params = read_params(self.scratch)
         params["benchmark"].update(providers=providers, allow_fallback=self.args.dry_run, **bench)
         write_params(self.scratch, params)
@@ -169,8 +240,31 @@ class Check:
         if rec["status"] == "ok" and results.is_file():
             self.report.set("figures", name, json.loads(results.read_text()))
 
+    def preflight(self, gpu: bool) -> bool:
+        """Driver CUDA against the builds' CUDA; on a GPU machine a mismatch stops the check."""
+        found = preflight_facts()
+        ok, line = verdict(found["driver_cuda"], found["onnxruntime_cuda"], found["tensorflow_cuda"])
+        self.report.set("facts", "preflight", {**found, "ok": ok})
+        if gpu and not ok:  # the report has the step; the console one line, whole
+            self.report.add_step({"name": "preflight", "status": "failed", "seconds": 0.0, "message": line})
+            print(f"[gpu_check] stopped before installing anything: {line}", flush=True)
+            return False
+        self.record("preflight", "ok", 0.0, line if gpu else f"dry run: {line}")
+        return True
+
     def run(self) -> int:
         gpu = not self.args.dry_run
+        if not self.preflight(gpu):
+            self.report.set("facts", "failed_steps", ["preflight"])
+            return 2
+        expected = estimate_s(gpu and not self.args.skip_install, self.tensorrt)
+        self.report.set("facts", "estimated_s", expected)
+        if gpu and self.args.budget_s < expected:
+            print(
+                f"[gpu_check] --budget-s {self.args.budget_s:.0f} is below the {expected} s its steps are "
+                "estimated at: the last steps may be skipped",
+                flush=True,
+            )
         for name, argv in INSTALLS.items():
             if gpu and not self.args.skip_install:
                 self.command(name, argv, 300)
@@ -186,6 +280,9 @@ class Check:
         self.probe("probe_tensorflow", "tf", 120)
         self.probe("probe_onnxruntime", "ort", 120)
         weights = Path(self.args.weights_dir)
+        # Imported here, not at the top: a fresh venv has no numpy, yaml or Pillow before the installs.
+        from gpu_check_scratch import make_scratch, read_params
+
         self.in_process("scratch_project", lambda: make_scratch(self.scratch, gpu, weights))
         if (self.scratch / "dvc.yaml").is_file():
             self.command("dvc_init", [str(BIN / "dvc"), "init", "--no-scm", "-q"], 60, cwd=self.scratch)
@@ -249,7 +346,9 @@ def git_commit() -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for gpu_check.json, gpu_check.md, logs/")
-    parser.add_argument("--budget-s", type=float, default=540, help="the whole run, installs included")
+    parser.add_argument(
+        "--budget-s", type=float, default=None, help="the whole run, installs included (default: the steps' estimate)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="CPU: no installs, fallback allowed")
     parser.add_argument("--skip-install", action="store_true", help="GPU extras already installed")
     parser.add_argument("--scratch", help="scratch project folder (default OUT/scratch/project)")

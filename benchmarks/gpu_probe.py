@@ -36,7 +36,7 @@ def onnxruntime_facts() -> dict[str, Any]:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from stages.onnx_io import CPU, CUDA, TENSORRT, preload_gpu_libraries, provider_options
+    from stages.onnx_io import CPU, CUDA, TENSORRT, preload_gpu_libraries, session_providers
 
     preload_gpu_libraries()
     graph = helper.make_graph(
@@ -52,7 +52,7 @@ def onnxruntime_facts() -> dict[str, Any]:
     obtained: dict[str, Any] = {}
     for provider in (TENSORRT, CUDA, CPU):
         try:
-            sess = ort.InferenceSession(str(path), providers=[(provider, provider_options(provider)), CPU])
+            sess = ort.InferenceSession(str(path), providers=session_providers(path, [provider, CPU], max_batch=2))
             sess.run(None, {"x": np.ones((2, 4), np.float32)})
             obtained[provider] = sess.get_providers()
         except Exception as err:  # noqa: BLE001 - the error is the finding, reported as such

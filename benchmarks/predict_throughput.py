@@ -94,6 +94,7 @@ def bare_onnxruntime(model_path: Path, batch_size: int, seconds: float, params: 
         allow_fallback=p.allow_fallback,
         threads=p.threads,
         graph_optimization=p.graph_optimization,
+        max_batch=batch_size,
     )
     shape = check_same_image_input({"model": model})
     call = onnx_runner(model, random_pixels(batch_size, shape, seed=0), p.io_binding)

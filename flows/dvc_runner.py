@@ -74,6 +74,10 @@ def dvc_env() -> dict[str, str]:
     # the same environment as the flow, and unbuffered so their output streams as it happens.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
+    # TensorFlow takes nearly all of a GPU's memory in the first process that touches it, so a
+    # second experiment on the same GPU (`flows.compare --jobs 2`) would fail with out-of-memory:
+    # let each process grow its share instead (the user's own setting wins).
+    env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
     return env
 
 

@@ -71,10 +71,14 @@ class Backups:
         if not weights.is_file():
             log.warning("ignoring backup %s: weights file %s missing", path, weights)
             return None
-        if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        model.load_weights(weights)  # weights and optimizer variables
-        _set_rng_state(model, raw.get("rng", []))
+        # The optimizer's variables must be created under the strategy the model was built in:
+        # under MirroredStrategy, outside its scope, building raises "Need to be inside
+        # `with strategy.scope()`" (and `fit` would otherwise build them in it later).
+        with _strategy_scope(model):
+            if model.optimizer is not None and not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            model.load_weights(weights)  # weights and optimizer variables
+            _set_rng_state(model, raw.get("rng", []))
         return state
 
     def save(self, model: Any, state: LoopState) -> None:
@@ -137,6 +141,15 @@ def restore_epoch_metrics_callback(values: list[list[float]]) -> Any:
                 v.assign(np.asarray(value, dtype=v.dtype) + np.asarray(v.numpy()))
 
     return RestoreEpochMetrics()
+
+
+def _strategy_scope(model: Any) -> Any:
+    """The scope of the tf.distribute strategy `model` was built under (Keras's TensorFlow
+    trainer records it; the default strategy's scope otherwise)."""
+    import tensorflow as tf
+
+    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    return strategy.scope()
 
 
 def _rng_state(model: Any) -> list[list[int]]:

@@ -64,6 +64,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             allow_fallback=p.allow_fallback,
             threads=p.threads,
             graph_optimization=p.graph_optimization,
+            max_batch=max(p.batch_sizes),
         )
         for name, path in onnx_models(paths).items()
     }

@@ -6,10 +6,17 @@ Two facts of onnxruntime-gpu shape this module:
   log line. Only `session.get_providers()` tells the truth, so `open_model` reads it back.
 - The GPU build needs CUDA 13 and cuDNN 9 libraries; `preload_gpu_libraries` loads them from the
   pip-installed nvidia packages (README: GPU install) before the first GPU session.
+
+TensorRT names a cached engine after the graph's names and shapes, not its weights, and
+`canonical_names` makes those identical across retrains; so each model file (by content hash)
+gets its own engine cache folder, and one optimisation profile covering batch 1 to the largest
+batch the caller will run, so that neither a retrained model nor a new batch size reuses or
+rebuilds the wrong engine (`session_providers`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -93,11 +100,13 @@ def open_model(
     threads: int = 0,
     graph_optimization: str = "all",
     info: DatasetInfo | None = None,
+    max_batch: int = 64,
 ) -> OnnxModel:
     """An onnxruntime session on the first usable provider of `providers`, checked against `info`.
 
     Without `allow_fallback`, a provider missing from this onnxruntime build, or a session that
     ends up on another provider than the first one asked for, is a `ProviderError`.
+    `max_batch`: the largest batch the caller will run (TensorRT builds its engine for 1..max_batch).
     """
     import onnxruntime as ort
 
@@ -115,7 +124,7 @@ def open_model(
         raise ProviderError(
             f"execution provider(s) {', '.join(missing)} not available in onnxruntime {ort.__version__}"
             f"{'' if gpu_device_present() else ' on this machine (no NVIDIA GPU device)'}; "
-            f"available: {', '.join(available)} (or set benchmark.allow_fallback: true)"
+            f"available: {', '.join(available)} (or set allow_fallback: true in benchmark or predict)"
         )
     if missing:
         log.warning(
@@ -133,7 +142,7 @@ def open_model(
     options.intra_op_num_threads = threads
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[graph_optimization])
     try:
-        session = ort.InferenceSession(str(path), options, providers=[(p, provider_options(p)) for p in usable])
+        session = ort.InferenceSession(str(path), options, providers=session_providers(path, usable, max_batch))
     except Exception as err:  # noqa: BLE001 - InvalidProtobuf, InvalidGraph, Fail, NoSuchFile... from the C++ side
         raise ModelError(f"{path}: not a loadable ONNX model ({type(err).__name__}: {first_line(err)})") from None
     actual = session.get_providers()[0]
@@ -175,17 +184,90 @@ def check_input(model: OnnxModel, info: DatasetInfo) -> None:
 
 
 def gpu_device_present() -> bool:
-    """An NVIDIA driver device node is there (Linux; containers get it when a GPU is passed in)."""
-    return Path("/dev/nvidiactl").exists()
+    """An NVIDIA driver device node is there: /dev/nvidiactl on Linux (containers get it when a GPU
+    is passed in), /dev/dxg under WSL2, where the Windows driver serves CUDA. A /dev/dxg of another
+    vendor's GPU only means a GPU session is tried: `open_model` then sees it land on CPU."""
+    return Path("/dev/nvidiactl").exists() or Path("/dev/dxg").exists()
 
 
-def provider_options(provider: str) -> dict[str, Any]:
-    if provider == TENSORRT:
-        # Engines are built per input shape and take minutes: cache them across runs.
-        cache = Path(os.environ.get("TLPIPE_TRT_CACHE", "data/trt_cache")).resolve()
-        cache.mkdir(parents=True, exist_ok=True)
-        return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True}
-    return {}
+def session_providers(path: Path, providers: list[str], max_batch: int) -> list[tuple[str, dict[str, Any]]]:
+    """The (provider, options) list an InferenceSession for `path` is given."""
+    out = []
+    for provider in providers:
+        if provider == TENSORRT:
+            out.append((provider, tensorrt_options(path, max_batch)))
+        else:
+            out.append((provider, {}))
+    return out
+
+
+def trt_cache_root() -> Path:
+    return Path(os.environ.get("TLPIPE_TRT_CACHE", "data/trt_cache")).resolve()
+
+
+def tensorrt_options(path: Path, max_batch: int) -> dict[str, Any]:
+    """TensorRT options for the model in `path`: its own engine cache folder (by content hash and
+    batch range), the precision the model was quantised for, and one profile for batch 1..max_batch.
+
+    Engines take minutes to build, so they are cached; the timing cache (per-layer kernel timings,
+    valid for any model) is shared. TensorRT runs float32 unless told: the fp16 variant gets
+    `trt_fp16_enable`, a QDQ int8 model `trt_int8_enable` (its scales come from the Q/DQ nodes, no
+    calibration table); a float32 model stays float32, so that what runs is what export scored.
+    """
+    if max_batch < 1:
+        raise ValueError(f"max_batch={max_batch}: expected a positive batch size")
+    facts = model_facts(path)
+    root = trt_cache_root()
+    cache = root / facts["sha256"][:16] / f"batch1-{max_batch}"
+    cache.mkdir(parents=True, exist_ok=True)
+    options: dict[str, Any] = {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(root),
+        "trt_fp16_enable": facts["precision"] == "fp16",
+        "trt_int8_enable": facts["precision"] == "int8",
+    }
+    name, dims = facts["input"], facts["input_dims"]
+    if dims and all(isinstance(d, int) and d > 0 for d in dims):
+        # One profile from batch 1 (a short last batch) to the largest, tuned for the largest: no
+        # engine rebuild per batch size.
+        rest = "x".join(map(str, dims))
+        options["trt_profile_min_shapes"] = f"{name}:1x{rest}"
+        options["trt_profile_opt_shapes"] = f"{name}:{max_batch}x{rest}"
+        options["trt_profile_max_shapes"] = f"{name}:{max_batch}x{rest}"
+    return options
+
+
+# Ops of a statically quantised model in onnxruntime's QDQ format (the one TensorRT can run).
+_QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+
+
+def model_facts(path: Path) -> dict[str, Any]:
+    """Content hash, first input's name and non-batch dims, and precision (fp32, fp16, int8) of an
+    ONNX file, read from the file itself."""
+    import onnx
+
+    data = Path(path).read_bytes()
+    proto = onnx.load_model_from_string(data)
+    graph = proto.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if not inputs:
+        raise ModelError(f"{path}: the graph has no input")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim][1:]
+    if any(n.op_type in _QDQ_OPS for n in graph.node):
+        precision = "int8"
+    elif any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer):
+        precision = "fp16"
+    else:
+        precision = "fp32"
+    return {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "input": inputs[0].name,
+        "input_dims": dims,
+        "precision": precision,
+    }
 
 
 def preload_gpu_libraries() -> None:

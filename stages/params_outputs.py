@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from stages.params_base import Section
 
@@ -34,12 +34,25 @@ class Int8Params(Section):
     # Calibration images, drawn (seeded) from the train split; never from the test split.
     calibration_images: int = Field(512, gt=0)
     per_channel: bool = True
-    # qdq: QuantizeLinear/DequantizeLinear pairs (portable: TensorRT, CUDA, CPU);
+    # qdq: QuantizeLinear/DequantizeLinear pairs (onnxruntime CPU; TensorRT/CUDA with target gpu);
     # qoperator: QLinearConv & co. (CPU only).
     format: Literal["qdq", "qoperator"] = "qdq"
+    # cpu: uint8 asymmetric activations, int8 weights (the u8s8 kernels x86 CPUs run fastest);
+    # gpu: int8 symmetric activations and weights (zero points 0), what onnxruntime documents for
+    # TensorRT and CUDA; QDQ only.
+    target: Literal["cpu", "gpu"] = "cpu"
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
     # Quantize weights to 7 bits: avoids int16 overflow in u8s8 kernels on CPUs without VNNI.
     reduce_range: bool = False
+
+    @model_validator(mode="after")
+    def _gpu_is_qdq(self) -> Int8Params:
+        if self.target == "gpu" and self.format != "qdq":
+            raise ValueError(
+                f"int8.target='gpu' needs int8.format='qdq' (got {self.format!r}): "
+                "TensorRT and CUDA run QDQ models only"
+            )
+        return self
 
 
 class ExportParams(Section):
@@ -108,6 +121,10 @@ class PredictParams(Section):
     variant: Literal["fp32", "fp16", "int8"] = "fp32"
     # In order of preference; the first one that loads is used (and named in the summary).
     providers: list[ProviderName] = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    # false: a session that does not run on the first provider listed is an error (a GPU
+    # machine must not silently predict on CPU); true: the next that loads, logged and named
+    # in the summary.
+    allow_fallback: bool = True
     threads: int = Field(0, ge=0)  # onnxruntime intra-op threads; 0: one per core
     batch_size: int = Field(32, gt=0)
     # table: file,label,confidence,top_k(,p_<class>...),error in input order;

@@ -138,9 +138,11 @@ class FinetuneParams(Section):
 class RuntimeParams(Section):
     """How training runs: numerics, compilation and distribution. Exported models stay float32."""
 
-    # mixed_float16 on GPU, mixed_bfloat16 on CPU; the saved models are rebuilt in float32.
+    # mixed_bfloat16 on CPU and on GPUs of compute capability >= 8.0, mixed_float16 on one older
+    # GPU, float32 on several older ones (stages.runtime.resolve); saved models are float32.
     mixed_precision: bool = False
-    # Compile the train/eval steps with XLA (jit_compile). Off by default: on CPU it rarely helps.
+    # Compile the train/eval steps with XLA (jit_compile), without a strategy and without op
+    # determinism only (stages.runtime.resolve). Off by default: on CPU it rarely helps.
     xla: bool = False
     # none | mirrored (all local GPUs) | multi_worker (hosts listed in the TF_CONFIG env var).
     strategy: Literal["none", "mirrored", "multi_worker"] = "none"

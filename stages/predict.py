@@ -95,7 +95,13 @@ def predict(
     paths = paths or Paths()
     start = time.perf_counter()
     model_path = Path(model) if model else paths.onnx_variant(p.variant)
-    onnx = open_model(model_path, p.providers, allow_fallback=True, threads=p.threads)
+    onnx = open_model(
+        model_path, p.providers, allow_fallback=p.allow_fallback, threads=p.threads, max_batch=p.batch_size
+    )
+    if onnx.provider != p.providers[0]:
+        # Allowed (predict.allow_fallback), but never silent: a GPU machine running on CPU is
+        # usually a CUDA library or driver mismatch (README: GPU install).
+        log.warning("predict: running on %s, not %s (the first of predict.providers)", onnx.provider, p.providers[0])
     classes, shape, resized_to = model_contract(onnx)
     inputs = open_inputs(source, folder)
     decode = image_decoder(shape, resized_to, p.resize_mode)
@@ -134,6 +140,7 @@ def predict(
         "format": p.format,
         "model": str(model_path),
         "provider": onnx.provider,
+        "providers_requested": onnx.requested,
         "resized_to": resized_to,
         **counts,
         "seconds": round(seconds, 2),

@@ -7,6 +7,7 @@ params.yaml, comparable in `dvc exp show`:
     python -m stages.presets                    # list the presets
     python -m stages.presets gpu                # -S backbone=convnext_tiny -S model.image_scale=1.0 ...
     python -m stages.presets gpu --command      # the whole `dvc exp run -n gpu -S ...` line
+    python -m stages.presets gpu --runtime      # precision and XLA it gets on common GPU machines
     python -m stages.presets gpu | xargs dvc exp run -n gpu
 
 A preset is checked against the schema (merged over params.yaml) before anything is printed.
@@ -86,10 +87,48 @@ def hydra_value(v: Any) -> str:
     return str(v)
 
 
+# Machines to show a preset's runtime settings on: a label and each GPU's compute capability.
+MACHINES: list[tuple[str, list[tuple[int, int]]]] = [
+    ("no GPU", []),
+    ("1 GPU, compute capability 7.x (V100, T4)", [(7, 0)]),
+    ("1 GPU, compute capability >= 8.0 (A100, L4, H100)", [(8, 0)]),
+    ("4 GPUs, compute capability 7.x", [(7, 0)] * 4),
+    ("4 GPUs, compute capability >= 8.0", [(8, 0)] * 4),
+]
+
+
+def runtime_table(params: Params) -> list[str]:
+    """What `stages.runtime.configure` makes of params.runtime on each of MACHINES: the policy,
+    XLA, and why a setting was changed (stages.runtime.resolve, the code training runs)."""
+    from stages.runtime import resolve
+
+    rt = params.runtime
+    lines = []
+    for label, gpus in MACHINES:
+        # Without a strategy one GPU trains; mirrored (and one multi-worker task) uses them all.
+        replicas = 1 if rt.strategy == "none" else max(1, len(gpus))
+        resolved = resolve(
+            mixed_precision=rt.mixed_precision,
+            xla=rt.xla,
+            strategy=rt.strategy,
+            deterministic=rt.deterministic,
+            gpus=gpus if rt.strategy != "none" else gpus[:1],
+            replicas=replicas,
+        )
+        why = f" ({'; '.join(resolved.notes)})" if resolved.notes else ""
+        lines.append(
+            f"{label}: {replicas} replica(s), policy {resolved.policy}, xla {str(resolved.jit_compile).lower()}{why}"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m stages.presets", description=__doc__.splitlines()[0])
     parser.add_argument("name", nargs="?", help="preset name (presets/<name>.yaml); none: list them")
     parser.add_argument("--command", action="store_true", help="print the whole `dvc exp run` command")
+    parser.add_argument(
+        "--runtime", action="store_true", help="print the precision and XLA the preset gets on common GPU machines"
+    )
     parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="the params.yaml the preset applies to")
     args = parser.parse_args(argv)
     if not args.name:
@@ -99,10 +138,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         preset = load_preset(args.name)
         base = yaml.safe_load(Path(args.params).read_text()) if Path(args.params).is_file() else {}
-        apply(preset, base or {})
+        params = apply(preset, base or {})
     except (ParamsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    if args.runtime:
+        print("\n".join(runtime_table(params)))
+        return
     words = [w for kv in overrides(preset, base or None) for w in ("-S", shlex.quote(kv))]
     if args.command:
         words = ["dvc", "exp", "run", "-n", args.name, *words]

@@ -30,7 +30,8 @@ def to_fp16(fp32_path: Path, out_path: Path) -> None:
 
 
 def to_int8(fp32_path: Path, out_path: Path, *, calibration: np.ndarray, p: Int8Params, batch_size: int) -> None:
-    """Static INT8 quantization calibrated on `calibration` (uint8 train images)."""
+    """Static INT8 quantization calibrated on `calibration` (uint8 train images), for the CPU or
+    the GPU (`p.target`)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -51,6 +52,9 @@ def to_int8(fp32_path: Path, out_path: Path, *, calibration: np.ndarray, p: Int8
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._batches, None)
 
+    # TensorRT and onnxruntime's CUDA kernels take int8 activations with zero point 0 (signed,
+    # symmetric); x86 CPUs run uint8 activations against int8 weights (u8s8) fastest.
+    gpu = p.target == "gpu"
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         # Shape inference + graph folding first, as onnxruntime recommends; symbolic shape
@@ -69,7 +73,7 @@ def to_int8(fp32_path: Path, out_path: Path, *, calibration: np.ndarray, p: Int8
             quant_format=QuantFormat.QDQ if p.format == "qdq" else QuantFormat.QOperator,
             per_channel=p.per_channel,
             reduce_range=p.reduce_range,
-            activation_type=QuantType.QUInt8,
+            activation_type=QuantType.QInt8 if gpu else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method={
                 "minmax": CalibrationMethod.MinMax,
@@ -77,6 +81,7 @@ def to_int8(fp32_path: Path, out_path: Path, *, calibration: np.ndarray, p: Int8
                 "percentile": CalibrationMethod.Percentile,
             }[p.method],
             nodes_to_exclude=tail,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True} if gpu else {},
             calibration_cache_path=ranges,
         )
 

@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,75 @@ class Runtime:
         return {"replicas": self.replicas, "devices": list(self.devices)}
 
 
+# bfloat16 tensor cores arrived with Ampere (compute capability 8.0): A100, RTX 30xx, L4, H100.
+BF16_COMPUTE_CAPABILITY = (8, 0)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The runtime settings a run really gets, and why any differs from what params asked."""
+
+    policy: str
+    jit_compile: bool
+    notes: tuple[str, ...]
+
+
+def resolve(
+    *,
+    mixed_precision: bool,
+    xla: bool,
+    strategy: str,
+    deterministic: bool,
+    gpus: Sequence[tuple[int, int] | None],
+    replicas: int,
+) -> Resolved:
+    """Precision policy and XLA for a machine whose GPUs have compute capabilities `gpus`
+    (None: unknown; empty: no GPU) and a strategy of `replicas` replicas. A pure function, so
+    that what a GPU machine would get is testable on a machine without one.
+
+    - Mixed precision is bfloat16 on CPU and on GPUs of compute capability >= 8.0: bfloat16 has
+      float32's range and needs no loss scaling. float16 (with Keras's LossScaleOptimizer) only
+      for one replica on older GPUs: Keras 3's LossScaleOptimizer checks each replica's gradients
+      for inf/NaN before the cross-replica sum and acts on the first replica's answer
+      (keras/src/optimizers/loss_scale_optimizer.py, `_tf_apply`), so an overflow on another
+      replica is summed into every update. Several older GPUs therefore train in float32.
+    - XLA only without a tf.distribute strategy: XLA + MirroredStrategy fails in Keras 3
+      (keras-team/keras#21366 with mixed_float16, #18145, tensorflow/tensorflow#56423) and Keras's
+      own `jit_compile="auto"` turns XLA off under any strategy. Not with op determinism either:
+      Keras would turn it off itself, silently (model_supports_jit), and config.json would lie.
+    """
+    notes: list[str] = []
+    policy = "float32"
+    if mixed_precision:
+        # Recent CPUs (AVX512-BF16, AMX) have bfloat16 units too.
+        if all(cc is not None and cc >= BF16_COMPUTE_CAPABILITY for cc in gpus):  # True without GPUs
+            policy = "mixed_bfloat16"
+        elif replicas == 1:
+            policy = "mixed_float16"
+        else:
+            notes.append(
+                f"runtime.mixed_precision: float32 instead: GPU compute capabilities "
+                f"{', '.join('?' if cc is None else f'{cc[0]}.{cc[1]}' for cc in gpus)} lack bfloat16 "
+                f"(needs >= 8.0), and float16 loss scaling across {replicas} replicas can apply an overflow"
+            )
+    if xla and strategy != "none":
+        notes.append(f"runtime.xla: off: XLA with runtime.strategy={strategy} fails in Keras (keras#21366, #18145)")
+    elif xla and deterministic:
+        notes.append("runtime.xla: off: Keras turns XLA off under op determinism (runtime.deterministic: true)")
+    return Resolved(policy, xla and strategy == "none" and not deterministic, tuple(notes))
+
+
+def gpu_compute_capabilities() -> list[tuple[int, int] | None]:
+    """The compute capability of each visible GPU (None where TensorFlow does not report it)."""
+    import tensorflow as tf
+
+    out: list[tuple[int, int] | None] = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        cc = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        out.append(tuple(cc) if cc else None)  # type: ignore[arg-type]
+    return out
+
+
 def configure(params: Params) -> Runtime:
     """Reset Keras, seed, and apply params.runtime. Returns the strategy to build models under."""
     import keras
@@ -94,21 +164,27 @@ def configure(params: Params) -> Runtime:
             ", ".join(gpu_settings),
             " (mixed precision as bfloat16)" if mixed_precision else "",
         )
-    policy = "float32"
-    if mixed_precision:
-        # float16 needs loss scaling and only pays on GPUs with tensor cores; recent CPUs
-        # (AVX512-BF16, AMX) have bfloat16 units and bfloat16 needs no loss scaling.
-        policy = "mixed_float16" if gpus else "mixed_bfloat16"
+    resolved = resolve(
+        mixed_precision=mixed_precision,
+        xla=xla,
+        strategy=strategy_kind,
+        deterministic=deterministic,
+        gpus=gpu_compute_capabilities() if gpus else [],
+        replicas=int(strategy.num_replicas_in_sync),
+    )
+    for note in resolved.notes:
+        log.warning("%s", note)
+    policy = resolved.policy
     keras.mixed_precision.set_global_policy(policy)
     devices = tuple(d.name for d in (gpus or tf.config.list_logical_devices("CPU")))
-    runtime = Runtime(strategy, policy, xla, deterministic, devices)
+    runtime = Runtime(strategy, policy, resolved.jit_compile, deterministic, devices)
     log.info(
         "runtime: %s on %d replica(s) (%s), policy %s, xla %s, deterministic %s",
         type(strategy).__name__,
         runtime.replicas,
         ", ".join(devices),
         policy,
-        xla,
+        resolved.jit_compile,
         deterministic,
     )
     return runtime

@@ -227,3 +227,31 @@ def test_the_int8_gate_fails_the_export_with_its_numbers_and_writes_nothing(proj
     assert float(re.search(r"loses (\d+\.\d\d)", message).group(1)) > 0
     assert sorted(p.name for p in (root / "models").iterdir()) == ["model.keras"]
     assert not (root / "reports").exists()
+
+
+def zero_points(path: Path) -> list[np.ndarray]:
+    """The zero points of every QuantizeLinear node of an ONNX model."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    return [inits[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+
+
+def test_the_gpu_int8_variant_is_signed_symmetric_and_passes_the_accuracy_gate(project: Path, tmp_path: Path) -> None:
+    from stages.params import ParamsError
+
+    # The CPU variant (the default, exported by the fixture): uint8 activations, asymmetric.
+    cpu = zero_points(export.variant_path(Paths(project), "int8"))
+    assert any(z.dtype == np.uint8 for z in cpu)
+    root = fresh_copy(project, tmp_path)
+    params = with_overrides(tiny_params(), export={"variants": ["int8"], "int8": {"target": "gpu"}})
+    metrics = export.run(params, Paths(root))
+    # Through the same gate as any variant, on the CPU provider (the only one here).
+    drop = metrics["variants"]["int8"]["accuracy_drop_points"]
+    assert drop <= params.export.max_variant_accuracy_drop
+    gpu = zero_points(export.variant_path(Paths(root), "int8"))
+    assert gpu and all(z.dtype == np.int8 and not z.any() for z in gpu)  # signed, zero point 0
+    with pytest.raises(ParamsError, match=r"int8.target='gpu' needs int8.format='qdq' \(got 'qoperator'\)"):
+        with_overrides(tiny_params(), export={"int8": {"target": "gpu", "format": "qoperator"}})

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, SHARED_WEIGHTS
 
 STEPS = [
+    "preflight",
     "install_remove_cpu_onnxruntime",
     "install_gpu_wheels",
     "install_ort_cudnn",
@@ -106,3 +110,53 @@ def test_a_spent_budget_skips_steps_with_the_reason(tmp_path: Path) -> None:
     assert steps["probe_onnxruntime"]["status"] == "skipped"
     assert "budget spent" in steps["probe_onnxruntime"]["message"]
     assert steps["sweep_cuda"]["status"] == "skipped"
+
+
+def test_preflight_names_the_driver_and_both_builds_and_says_when_they_cannot_work_together() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu_preflight import verdict
+
+    ok, line = verdict("13.0", "13.0", "12.5.1")
+    assert ok and line.startswith("the driver supports CUDA 13.0: onnxruntime-gpu is built for CUDA 13.0")
+    ok, line = verdict("12.4", "13.0", "12.5.1")  # a CUDA 12 driver: TensorFlow runs, onnxruntime-gpu cannot
+    assert not ok and "too old for onnxruntime-gpu (CUDA 13.0: driver 580 or later)" in line
+    assert "TensorFlow" not in line
+    ok, line = verdict("11.8", "13.0", "12.5.1")
+    assert not ok and "onnxruntime-gpu (CUDA 13.0: driver 580 or later) and TensorFlow (CUDA 12.5.1" in line
+    ok, line = verdict(None, "13.0", "12.5.1")
+    assert not ok and line.startswith("no NVIDIA driver")
+
+
+@pytest.mark.skipif(
+    bool(shutil.which("nvidia-smi")) or Path("/dev/nvidiactl").exists(), reason="checks a machine without a driver"
+)
+def test_on_a_machine_whose_driver_cannot_run_the_builds_the_check_stops_in_one_line(tmp_path: Path) -> None:
+    """Not a dry run, here (no NVIDIA driver): nothing is installed or run, one line says why."""
+    out = tmp_path / "report"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout.strip().splitlines() == [
+        "[gpu_check] stopped before installing anything: no NVIDIA driver (no libcuda.so.1, no nvidia-smi): "
+        "onnxruntime-gpu is built for CUDA 13.0, TensorFlow for CUDA 12.5.1; nothing can run on a GPU here"
+    ]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert [s["name"] for s in report["steps"]] == ["preflight"] and report["facts"]["failed_steps"] == ["preflight"]
+
+
+def test_the_default_budget_is_what_the_steps_are_estimated_to_take() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu_check import ESTIMATE_S, estimate_s
+
+    assert estimate_s(True, True) == sum(ESTIMATE_S.values())
+    # Without TensorRT (not installable from PyPI alone) its two steps are skipped, and not budgeted.
+    assert (
+        estimate_s(True, False)
+        == sum(ESTIMATE_S.values()) - ESTIMATE_S["benchmark_tensorrt"] - ESTIMATE_S["sweep_tensorrt"]
+    )
+    assert estimate_s(False, False) == estimate_s(True, False) - ESTIMATE_S["install"]

@@ -17,7 +17,7 @@ import pytest
 
 from stages.errors import DataError
 from stages.images import decode_image
-from stages.onnx_io import open_model
+from stages.onnx_io import ProviderError, gpu_device_present, open_model
 from stages.params import Params, with_overrides
 from stages.paths import Paths
 from stages.predict import predict
@@ -178,3 +178,18 @@ def test_cli_variant_and_on_error_flags_reach_the_prediction(project: Path, tmp_
     proc = subprocess.run(report, cwd=project, capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0 and json.loads(proc.stdout.splitlines()[-1])["unreadable"] == 1
     assert [r["file"] for r in rows(failed) if r["error"]] == ["img3.png"]
+
+
+@pytest.mark.skipif(gpu_device_present(), reason="checks the refusal where no NVIDIA GPU is")
+def test_a_gpu_provider_that_cannot_run_is_refused_unless_fallback_is_allowed(project: Path, tmp_path: Path) -> None:
+    """predict.allow_fallback: false refuses to predict anywhere but on the first provider (a GPU
+    machine must not silently predict on CPU); true goes on, and the summary says where it ran."""
+    src, _ = images_dir(tmp_path / "in", 3)
+    gpu_first = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    out = tmp_path / "out.csv"
+    with pytest.raises(ProviderError, match=r"CUDAExecutionProvider not available .*no NVIDIA GPU"):
+        predict(str(src), out, params(providers=gpu_first, allow_fallback=False), Paths(project))
+    assert list(tmp_path.glob("out*")) == []
+    summary = predict(str(src), out, params(providers=gpu_first), Paths(project))  # the default: allowed
+    assert summary["provider"] == "CPUExecutionProvider" and summary["providers_requested"] == gpu_first
+    assert json.loads(out.with_name("out.summary.json").read_text())["provider"] == "CPUExecutionProvider"
