@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from tests.conftest import REPO
-from tests.tiny_project import ran_stages, run
+from tests.tiny_project import commit, ran_stages, run
 
 # The files whose bytes may change between two runs on the same inputs: wall times and other
 # facts of a run, the benchmark's measurements, and the model card that quotes them.
@@ -133,3 +133,41 @@ def test_the_result_metrics_are_in_git_and_their_cache_flag_changes_nothing_dvc_
     assert json.loads(run(copy, "dvc", "status", "--json")) == {}
     (copy / "dvc.yaml").write_text(cached)
     assert json.loads(run(copy, "dvc", "status", "--json")) == {}
+
+
+def test_a_clone_elsewhere_gets_the_trained_stages_from_a_dvc_remote_without_retraining(reproduced, tmp_path) -> None:
+    """One machine pushes (`dvc push --run-cache`); another clones and pulls (`dvc pull --run-cache`
+    then `dvc repro`, or `dvc repro --pull`): no stage runs, and dvc.lock and the models are the same."""
+    origin = tmp_path / "origin" / "repo"
+    shutil.copytree(reproduced["a"].parent, origin.parent, symlinks=True)  # the shared project stays as it is
+    run(origin, "dvc", "repro")  # earlier tests may have re-measured the benchmark: the model card follows
+    if run(origin, "git", "status", "--porcelain"):
+        commit(origin, "as reproduced")
+    run(origin, "dvc", "remote", "add", "-d", "store", str(tmp_path / "dvc-remote"))
+    commit(origin, "a DVC remote")
+    run(origin, "dvc", "push", "--run-cache")
+    models = ("models/head.keras", "models/model.keras", "models/model.onnx", "models/variants/model.int8.onnx")
+    for name, steps in {
+        "pulled": [("dvc", "pull", "--run-cache"), ("dvc", "repro")],
+        "repro-pull": [("dvc", "repro", "--pull")],
+    }.items():
+        clone = tmp_path / name / "repo"
+        clone.parent.mkdir()
+        run(tmp_path, "git", "clone", "-q", str(origin), str(clone))
+        for beside in ("images.tar.gz", "weights"):  # the source data and weights, as ../shared is beside a checkout
+            (shutil.copytree if (origin.parent / beside).is_dir() else shutil.copy)(
+                origin.parent / beside, clone.parent / beside
+            )
+        out = "".join(run(clone, *step) for step in steps)
+        assert ran_stages(out) == [], out
+        done = "Pulling data for stage: 'train'" if name == "repro-pull" else "Stage 'train' didn't change, skipping"
+        assert done in out, out
+        assert (clone / "dvc.lock").read_text() == (origin / "dvc.lock").read_text()
+        assert all(md5(clone / m) == md5(origin / m) for m in models)
+        assert run(clone, "git", "status", "--porcelain") == ""
+        assert ran_stages(run(clone, "dvc", "repro")) == []
+    # An output lost there comes back the same way (plain `dvc repro` would retrain: README).
+    (clone / "models" / "head.keras").unlink()
+    out = run(clone, "dvc", "repro", "--pull")
+    assert ran_stages(out) == [] and "Pulling data for stage: 'train'" in out, out
+    assert md5(clone / "models" / "head.keras") == md5(origin / "models" / "head.keras")
