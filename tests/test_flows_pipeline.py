@@ -115,6 +115,6 @@ def test_pipeline_cli_forces_a_stage_and_applies_overrides(reproduced, prefect_s
         timeout=600,
     )
     assert bad.returncode == 1 and "evaluate.top_confusions: Input should be greater than 0" in bad.stdout + bad.stderr
-    for command in ("git checkout -- params.yaml dvc.lock", "dvc checkout"):  # the README's recipe puts it back
+    for command in ("git checkout -- params.yaml dvc.lock reports", "dvc checkout"):  # the README's recipe puts it back
         run(root, *command.split())
     assert ran_stages(run(root, "dvc", "repro")) == []

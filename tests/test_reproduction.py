@@ -4,15 +4,17 @@ as one, restores instead of retraining, and a fresh clone leaves the committed d
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from tests.conftest import REPO
-from tests.tiny_project import ran_stages, run
+from tests.tiny_project import commit, ran_stages, run
 
 # The files whose bytes may change between two runs on the same inputs: wall times and other
 # facts of a run, the benchmark's measurements, and the model card that quotes them.
@@ -111,4 +113,61 @@ def test_the_documented_recipe_after_a_failed_experiment_restores_the_workspace(
         run(root, *shlex.split(command))
     assert (root / "params.yaml").read_text() == params and (root / "dvc.lock").read_text() == lock
     assert md5(root / "models" / "head.keras") == head_md5
+    assert run(root, "git", "status", "--porcelain") == ""  # the git-tracked metrics are back too
     assert ran_stages(run(root, "dvc", "repro")) == []
+
+
+def test_the_result_metrics_are_in_git_and_their_cache_flag_changes_nothing_dvc_records(reproduced, tmp_path) -> None:
+    root = reproduced["a"]
+    tracked = run(root, "git", "ls-files", "reports").split()
+    assert tracked == [
+        f"reports/{s}/metrics.json" for s in ("evaluate", "export", "finetune", "ingest", "train", "validate")
+    ]
+    assert not re.search(r"^\s*cache:", (root / "dvc.lock").read_text(), re.M)  # dvc.lock records no cache flag
+    # The same project with every output cached, as before the metrics moved to git: DVC sees no change.
+    copy = tmp_path / "machine" / "repo"
+    shutil.copytree(root.parent, copy.parent, symlinks=True)
+    cached = (copy / "dvc.yaml").read_text().replace(":\n          cache: false\n", "\n")
+    assert cached != (copy / "dvc.yaml").read_text()
+    run(copy, "dvc", "repro")  # earlier tests may have re-measured the benchmark: the model card follows
+    assert json.loads(run(copy, "dvc", "status", "--json")) == {}
+    (copy / "dvc.yaml").write_text(cached)
+    assert json.loads(run(copy, "dvc", "status", "--json")) == {}
+
+
+def test_a_clone_elsewhere_gets_the_trained_stages_from_a_dvc_remote_without_retraining(reproduced, tmp_path) -> None:
+    """One machine pushes (`dvc push --run-cache`); another clones and pulls (`dvc pull --run-cache`
+    then `dvc repro`, or `dvc repro --pull`): no stage runs, and dvc.lock and the models are the same."""
+    origin = tmp_path / "origin" / "repo"
+    shutil.copytree(reproduced["a"].parent, origin.parent, symlinks=True)  # the shared project stays as it is
+    run(origin, "dvc", "repro")  # earlier tests may have re-measured the benchmark: the model card follows
+    if run(origin, "git", "status", "--porcelain"):
+        commit(origin, "as reproduced")
+    run(origin, "dvc", "remote", "add", "-d", "store", str(tmp_path / "dvc-remote"))
+    commit(origin, "a DVC remote")
+    run(origin, "dvc", "push", "--run-cache")
+    models = ("models/head.keras", "models/model.keras", "models/model.onnx", "models/variants/model.int8.onnx")
+    for name, steps in {
+        "pulled": [("dvc", "pull", "--run-cache"), ("dvc", "repro")],
+        "repro-pull": [("dvc", "repro", "--pull")],
+    }.items():
+        clone = tmp_path / name / "repo"
+        clone.parent.mkdir()
+        run(tmp_path, "git", "clone", "-q", str(origin), str(clone))
+        for beside in ("images.tar.gz", "weights"):  # the source data and weights, as ../shared is beside a checkout
+            (shutil.copytree if (origin.parent / beside).is_dir() else shutil.copy)(
+                origin.parent / beside, clone.parent / beside
+            )
+        out = "".join(run(clone, *step) for step in steps)
+        assert ran_stages(out) == [], out
+        done = "Pulling data for stage: 'train'" if name == "repro-pull" else "Stage 'train' didn't change, skipping"
+        assert done in out, out
+        assert (clone / "dvc.lock").read_text() == (origin / "dvc.lock").read_text()
+        assert all(md5(clone / m) == md5(origin / m) for m in models)
+        assert run(clone, "git", "status", "--porcelain") == ""
+        assert ran_stages(run(clone, "dvc", "repro")) == []
+    # An output lost there comes back the same way (plain `dvc repro` would retrain: README).
+    (clone / "models" / "head.keras").unlink()
+    out = run(clone, "dvc", "repro", "--pull")
+    assert ran_stages(out) == [] and "Pulling data for stage: 'train'" in out, out
+    assert md5(clone / "models" / "head.keras") == md5(origin / "models" / "head.keras")
