@@ -17,7 +17,9 @@ from tests.tiny_project import env, ran_stages, run
 
 def backup_state(root: Path) -> dict:
     """The finetune stage's backup position."""
-    return json.loads((root / "data" / "checkpoints" / "finetune" / "backup.json").read_text())
+    backup = root / "data" / "checkpoints" / "finetune" / "backup.json"
+    assert backup.is_file(), f"the finetune stage left no backup ({backup})"
+    return json.loads(backup.read_text())
 
 
 # Inside the finetune stage: right after Backups.save has written the first step backup (epoch 1,
