@@ -6,7 +6,8 @@ tasks reported running after their worker died, `--run-all` not returning). So t
 started with `dvc queue start -j N` and watched through `dvc queue status`, each call with a
 timeout of its own: an experiment running past `timeout_s` is killed (`dvc queue kill`), a
 queue that makes no progress for `stall_s` with nothing running gets its workers restarted once
-and is then given up on, and the workers are stopped at the end whatever happened. Each
+and is then given up on, and the workers are stopped at the end whatever happened (an
+interrupted watch kills the experiments still running and removes those still waiting). Each
 experiment's wall time is measured from the first poll that sees it running (or, if it ran
 between two polls, the last that saw it waiting) to the first that sees it done, so to within
 `poll_s`, and a failed one's reason comes from `dvc queue logs`.
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,7 +68,7 @@ def watch_queue(
     """Start DVC's queue with `jobs` workers and watch `names` (queued already) until each is done."""
     runs = {name: QueuedRun(name) for name in names}
     dvc = _Dvc(root, logger)
-    dvc("queue", "start", "-j", str(jobs))
+    dvc.start(jobs)
     restarted = False
     last_change = clock()
     last_queued = dict.fromkeys(names, last_change)  # when each was last seen waiting
@@ -99,13 +102,25 @@ def watch_queue(
                     logger.warning(
                         "DVC's queue made no progress for %.0f s with no active worker: restarting it", stall_s
                     )
-                    dvc("queue", "start", "-j", str(jobs))
+                    dvc.start(jobs)
                     restarted, last_change = True, now
                     continue
                 for run in waiting:
                     dvc("queue", "remove", run.name, check=False)
                     run.state, run.error = "stuck", f"no queue worker started it in {stall_s:g} s (after a restart)"
     finally:
+        # Interrupted (the flow cancelled, a poll failing): a graceful `dvc queue stop` would let a
+        # running experiment run to its end, and `stop --kill` leaves its stage's process running
+        # (DVC 3.67); `dvc queue kill` ends both. A waiting one leaves the queue first (else the
+        # worker freed by a kill starts it), and the next `dvc queue start` will not run it either.
+        unfinished = [r.name for r in runs.values() if r.state not in FINAL]
+        for _ in range(3 if unfinished else 0):
+            states, _ = parse_status(dvc("queue", "status", check=False, quiet=True))
+            live = [(states[n], n) for n in unfinished if states.get(n) in ("queued", "running")]
+            for state, name in sorted(live):  # "queued" before "running"
+                dvc("queue", "remove" if state == "queued" else "kill", name, check=False)
+            if not live:
+                break
         if dvc_runner.run_dvc(["queue", "stop"], root, logger, check=False, timeout=120).returncode != 0:
             dvc("queue", "stop", "--kill", check=False)
     return runs
@@ -120,3 +135,32 @@ class _Dvc:
     def __call__(self, *args: str, check: bool = True, quiet: bool = False) -> str:
         logger = logging.getLogger("flows.dvc_queue.quiet") if quiet else self.logger
         return dvc_runner.run_dvc(list(args), self.root, logger, check=check, timeout=120).output
+
+    def start(self, jobs: int) -> None:
+        """`dvc queue start -j <jobs>`, waited for until it exits. Not until its output ends, as
+        run_dvc does: the workers it leaves running (forks of it) hold its stdout open until the
+        queue is empty, and nothing would be watched until then."""
+        args = ["queue", "start", "-j", str(jobs)]
+        self.logger.info("$ dvc %s", " ".join(args))
+        with tempfile.TemporaryFile("w+", errors="replace") as out:
+            try:
+                proc = subprocess.run(
+                    [*dvc_runner.DVC, *args],
+                    cwd=self.root,
+                    env=dvc_runner.dvc_env(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    timeout=120,
+                )
+                returncode = proc.returncode
+            except subprocess.TimeoutExpired:
+                returncode = -9
+            out.seek(0)
+            lines = [line.rstrip() for line in out.read().splitlines() if line.strip()]
+        for line in lines:
+            self.logger.info("%s", line)
+        if returncode != 0:
+            if returncode == -9:
+                lines.append(f"error: `dvc {' '.join(args)}` did not finish in 120 s and was killed")
+            raise dvc_runner.DvcError(args, returncode, dvc_runner.failure_reason(lines), self.root)

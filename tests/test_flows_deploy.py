@@ -5,6 +5,7 @@ the schedules, a run picked up by a real process worker, and a server that asks 
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,11 +14,41 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import pytest
+import yaml
+
 from tests.conftest import BIN, REPO, env
 from tests.prefect_client import client, outcomes, start_server, stop_server
-from tests.tiny_project import run
+from tests.tiny_project import put_back, run
 
 PREFECT = f"{BIN}/prefect"
+
+
+@pytest.fixture
+def b(reproduced) -> Iterator[Path]:
+    """The reproduced project `b`, put back as committed after the test, however it ended."""
+    with put_back(reproduced["b"]) as root:
+        yield root
+
+
+# prefect.yaml's deployments by their full names (flow/deployment), as `prefect deployment ls` lists them.
+DEPLOYMENTS = (
+    "pipeline/nightly-reproduce",
+    "compare-backbones/weekly-compare",
+    "compare-backbones/compare-on-workers",
+    "remote-experiment/experiment",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def pools_and_variable(root: Path, server_env: dict[str, str]) -> None:
@@ -66,22 +97,37 @@ def test_readme_server_commands_run_in_the_order_written(reproduced, tmp_path: P
     # Everything up to the long-running worker, verbatim, in a clone with an origin (as a user has).
     lines = [ln for ln in block.splitlines() if ln.strip()]
     setup = lines[: next(i for i, ln in enumerate(lines) if ln.startswith("prefect worker start"))]
+    # The README's port, 4200, is where a user's own server (started from the README) listens: the
+    # commands run as written but for the port, a free one, in the URL and for the server.
+    port = free_port()
+    assert [ln for ln in setup if "4200" in ln] == ["prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api"]
+    setup = [ln.replace("127.0.0.1:4200/", f"127.0.0.1:{port}/") for ln in setup]
     clone = tmp_path / "clone"
     run(tmp_path, "git", "clone", "-q", str(reproduced["b"]), str(clone))
     home = tmp_path / "prefect-home"
     clean = {k: v for k, v in env({"PREFECT_HOME": str(home)}).items() if not k.startswith("PREFECT_API")}
-    script = "set -euo pipefail\n" + "\n".join(setup) + "\nprefect deployment ls\n"
+    clean.update(PREFECT_SERVER_API_PORT=str(port), COLUMNS="250")  # COLUMNS: a table's names unwrapped
+    script = "set -euo pipefail\n" + "\n".join(setup) + "\n"
     try:
         done = subprocess.run(["bash", "-c", script], cwd=clone, env=clean, capture_output=True, text=True, timeout=300)
-        out = done.stdout + done.stderr
-        assert done.returncode == 0, out[-3000:]
-        assert "nightly-reproduce" in out and "experiment" in out
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        listed = subprocess.run(
+            [PREFECT, "deployment", "ls"], cwd=clone, env=clean, capture_output=True, text=True, timeout=120
+        )
+        assert listed.returncode == 0, (listed.stdout + listed.stderr)[-3000:]
+        # Every deployment of prefect.yaml, by its full name, from the server on the free port.
+        names = set(re.findall(r"^│\s*([\w-]+/[\w-]+)\s*│", listed.stdout, re.M))
+        assert names == set(DEPLOYMENTS), listed.stdout
+        assert {n.split("/")[1] for n in DEPLOYMENTS} == {
+            d["name"] for d in yaml.safe_load((clone / "prefect.yaml").read_text())["deployments"]
+        }
+        assert port_in_use(port)
     finally:
         subprocess.run([PREFECT, "server", "stop"], cwd=clone, env=clean, capture_output=True, timeout=60)
 
 
-def test_scheduled_deployments_are_created_and_one_runs_to_completion(reproduced, prefect_server) -> None:
-    root = reproduced["b"]
+def test_scheduled_deployments_are_created_and_one_runs_to_completion(b, prefect_server) -> None:
+    root = b
     pools_and_variable(root, prefect_server)
     run(root, PREFECT, "--no-prompt", "deploy", "--all", extra_env=prefect_server)
 
@@ -113,7 +159,6 @@ def test_scheduled_deployments_are_created_and_one_runs_to_completion(reproduced
     done = outcomes(flow_run_id)
     assert set(done.values()) == {"skipped"} and "benchmark" in done, done
     assert "log_every_seconds: 7" in (root / "params.yaml").read_text()
-    run(root, "git", "checkout", "--", "params.yaml")
 
 
 def test_a_server_with_credentials_refuses_clients_without_them_and_serves_workers_with_them(

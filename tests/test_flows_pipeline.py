@@ -9,13 +9,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import REPO
 from tests.prefect_client import artifact, log_text, outcomes
-from tests.tiny_project import env, ran_stages, run
+from tests.tiny_project import env, put_back, ran_stages, run
+
+
+@pytest.fixture
+def b(reproduced) -> Iterator[Path]:
+    """The reproduced project `b`, put back as committed after the test, however it ended."""
+    with put_back(reproduced["b"]) as root:
+        yield root
 
 
 def test_pipeline_flow_runs_every_stage_of_dvc_yaml_as_a_task(reproduced) -> None:
@@ -51,12 +60,14 @@ def test_a_rerun_over_a_cached_pipeline_skips_every_stage(reproduced) -> None:
     assert set(outcomes(state.state_details.flow_run_id).values()) == {"skipped"}
 
 
-def test_failing_stage_fails_the_flow_with_its_error_and_a_rerun_resumes_from_cache(reproduced) -> None:
+def test_failing_stage_fails_the_flow_with_its_error_and_a_rerun_resumes_from_cache(b) -> None:
     from flows.pipeline import pipeline
 
-    root = reproduced["b"]
+    root = b
     head_model = root / "models" / "head.keras"
     before = head_model.stat().st_mtime_ns
+    report = root / "reports" / "validate" / "result.json"
+    committed_report = report.read_bytes()
     # Every image now counts as blank: validation rejects the data.
     failed = pipeline(project_dir=str(root), overrides=["validate.pixel_std_min=250"], return_state=True)
     assert failed.is_failed()
@@ -67,15 +78,19 @@ def test_failing_stage_fails_the_flow_with_its_error_and_a_rerun_resumes_from_ca
     assert done["ingest"] == "skipped" and done["validate"] == "failed"
     assert {done[s] for s in ("train", "finetune", "evaluate", "export", "benchmark", "model_card")} == {"not run"}
     assert head_model.stat().st_mtime_ns == before
+    # The failed run rewrote validate's report (a failing one): the params are switched back below
+    # to the committed ones, which DVC's run cache holds the outputs of.
+    assert report.read_bytes() != committed_report
+    assert yaml.safe_load(run(root, "git", "show", "HEAD:params.yaml"))["validate"]["pixel_std_min"] == 2.0
 
     fixed = pipeline(project_dir=str(root), overrides=["validate.pixel_std_min=2.0"], return_state=True)
     assert fixed.is_completed(), fixed.message
     done = outcomes(fixed.state_details.flow_run_id)
-    # The failed run rewrote validate's report: it comes back from DVC's run cache.
-    assert done["validate"] in ("restored", "skipped")
+    # validate comes back from DVC's run cache, byte for byte, without running; nothing else moves.
+    assert done["validate"] == "restored"
+    assert report.read_bytes() == committed_report
     assert {v for s, v in done.items() if s != "validate"} == {"skipped"}
     assert head_model.stat().st_mtime_ns == before
-    run(root, "git", "checkout", "--", "params.yaml")  # DVC's writer reformats what it rewrites
 
 
 @pytest.mark.parametrize(
@@ -88,18 +103,18 @@ def test_failing_stage_fails_the_flow_with_its_error_and_a_rerun_resumes_from_ca
         ({"overrides": ["backbone=resnet9000"]}, "backbone='resnet9000' is not a known backbone"),
     ],
 )
-def test_bad_pipeline_input_fails_naming_the_value(reproduced, kwargs, message) -> None:
+def test_bad_pipeline_input_fails_naming_the_value(b, kwargs, message) -> None:
     from flows.pipeline import pipeline
 
-    root = reproduced["b"]
+    root = b
     params = (root / "params.yaml").read_text()
     state = pipeline(project_dir=str(root), return_state=True, **kwargs)
     assert state.is_failed() and message in state.message
     assert (root / "params.yaml").read_text() == params  # nothing half-applied
 
 
-def test_pipeline_cli_forces_a_stage_and_applies_overrides(reproduced, prefect_server) -> None:
-    root = reproduced["b"]
+def test_pipeline_cli_forces_a_stage_and_applies_overrides(b, prefect_server) -> None:
+    root = b
     cli = [sys.executable, "-m", "flows.pipeline", "--stages", "validate", "-f", "-S", "validate.pixel_std_min=1.5"]
     proc = subprocess.run(cli, cwd=root, env=env(prefect_server), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -5,46 +5,61 @@ what made that possible: the resume is logged and the best epoch comes after the
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
+from tests.sitecustom import sitecustomize_env
 from tests.test_reproduction import lock_entries
 from tests.tiny_project import env, ran_stages, run
 
 
-def backup_state(root: Path) -> dict | None:
-    """The finetune stage's backup position, or None while there is none (or it is being written)."""
-    try:
-        return json.loads((root / "data" / "checkpoints" / "finetune" / "backup.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return None
+def backup_state(root: Path) -> dict:
+    """The finetune stage's backup position."""
+    backup = root / "data" / "checkpoints" / "finetune" / "backup.json"
+    assert backup.is_file(), f"the finetune stage left no backup ({backup})"
+    return json.loads(backup.read_text())
 
 
-def kill_at_first_backup(root: Path, timeout: float = 300) -> dict:
-    """Start `dvc repro -f -s finetune`, SIGKILL its whole process group as soon as a step backup of
-    the first epoch exists, and return that backup's position."""
-    proc = subprocess.Popen(
+# Inside the finetune stage: right after Backups.save has written the first step backup (epoch 1,
+# step 1 of 2), SIGKILL the whole process group (dvc, the shell and python) from there, exactly
+# between two steps and the same way on every machine.
+KILL_AFTER_FIRST_STEP_BACKUP = """
+import os
+import signal
+
+
+def kill_after_the_first_step_backup(backups):
+    save = backups.Backups.save
+
+    def save_then_kill(self, model, state):
+        save(self, model, state)
+        if (state.epoch, state.step) == (0, 1):
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    backups.Backups.save = save_then_kill
+
+
+if running("stages.finetune"):
+    after_import("stages.backups", kill_after_the_first_step_backup)
+"""
+
+
+def kill_at_first_backup(root: Path, site: Path, timeout: float = 300) -> dict:
+    """Run `dvc repro -f -s finetune` with the stage set to SIGKILL its own process group right after
+    its first step backup; return that backup's position."""
+    proc = subprocess.run(
         ["dvc", "repro", "-f", "-s", "finetune"],
         cwd=root,
-        env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        env=env(sitecustomize_env(site, KILL_AFTER_FIRST_STEP_BACKUP)),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         start_new_session=True,  # its own process group: dvc, the shell and python all get the signal
     )
-    deadline = time.monotonic() + timeout
-    try:
-        while (state := backup_state(root)) is None or state["step"] < 1:
-            assert proc.poll() is None, "finetune ended before its first step backup"
-            assert time.monotonic() < deadline, "no step backup within the timeout"
-            time.sleep(0.002)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    return state
+    assert proc.returncode == -signal.SIGKILL, f"dvc was not killed ({proc.returncode}):\n{proc.stdout[-3000:]}"
+    return backup_state(root)
 
 
 def test_a_finetune_killed_mid_epoch_resumes_under_dvc_repro_and_ends_byte_identical(reproduced, tmp_path) -> None:
@@ -58,7 +73,7 @@ def test_a_finetune_killed_mid_epoch_resumes_under_dvc_repro_and_ends_byte_ident
     committed.mkdir()
     shutil.copy(root / "dvc.lock", committed / "dvc.lock")
 
-    killed_at = kill_at_first_backup(root)
+    killed_at = kill_at_first_backup(root, tmp_path / "site")
     assert (killed_at["epoch"], killed_at["step"]) == (0, 1)  # mid-epoch: 1 of 2 steps of epoch 1
     assert not (root / "models" / "model.keras").exists()  # DVC removed it; nothing half-written came back
 

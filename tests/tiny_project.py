@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +85,16 @@ def commit(cwd: Path, message: str) -> None:
 def ran_stages(output: str) -> list[str]:
     """The stages `dvc repro` ran (not skipped, not restored), in order, from its output (or a log of it)."""
     return list(dict.fromkeys(re.findall(r"Running stage '([\w:/.-]+)'", output)))
+
+
+@contextmanager
+def put_back(root: Path) -> Iterator[Path]:
+    """A reproduced, committed project that a test may change: whatever happens in the test, the
+    committed params.yaml, dvc.lock and test metrics (git) and the outputs dvc.lock records (DVC's
+    cache) are put back afterwards, so that one failing test does not leave the next a changed
+    project."""
+    try:
+        yield root
+    finally:
+        run(root, "git", "checkout", "HEAD", "--", "params.yaml", "dvc.lock", "reports")
+        run(root, "dvc", "checkout", "--force")
