@@ -3,7 +3,7 @@
 `dvc exp run -S` parses overrides with Hydra's grammar and rewrites the params file in place,
 keeping its comments. The pipeline flow does the same through the same DVC functions, so that an
 override means exactly what it means on the command line, but checks the result against the
-params schema (stages/params.py) *before* touching the file: a typo fails here, naming the
+params schema (tlpipe/config/params.py) *before* touching the file: a typo fails here, naming the
 override, instead of leaving a broken params.yaml or failing an hour later in a stage.
 """
 
@@ -105,7 +105,7 @@ def _write(source: Path, copy: Path, items: Sequence[str], rel: str) -> None:
 
 def check_params(path: Path, overrides: Sequence[str] = ()) -> None:
     """Validate a params file against the schema and the backbone registry."""
-    from stages.params import ParamsError, load_params
+    from tlpipe.config.params import ParamsError, load_params
 
     try:
         params = load_params(path)
@@ -119,7 +119,7 @@ def check_params(path: Path, overrides: Sequence[str] = ()) -> None:
 def check_backbone(name: str) -> None:
     """An unknown backbone fails here, not after the data stages ran."""
     try:
-        from stages.backbones import get_backbone
+        from tlpipe.model.backbones import get_backbone
     except ImportError:  # the registry is part of the training stages; without them, nothing to check
         return
     try:

@@ -29,7 +29,7 @@ from prefect.tasks import exponential_backoff
 
 from flows import dvc_runner
 from flows.overrides import apply_overrides, read_params
-from stages.nested import flatten
+from tlpipe.util.nested import flatten
 
 # The metrics shown at the end of a run (stage name = reports/<name>/, README: "The pipeline"); when a
 # pipeline has none of these stages, every stage's metrics are shown instead.

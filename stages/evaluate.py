@@ -8,7 +8,7 @@ Writes reports/evaluate/:
 - plots/confusion.csv (one row per image, for `dvc plots`' confusion template) and
   plots/calibration.csv (reliability diagram data);
 - confusion_matrix.png, reliability_diagram.png, predictions_grid.png.
-Scores: stages.evaluate_metrics; pictures: stages.evaluate_plots.
+Scores: tlpipe.evaluation.metrics; pictures: tlpipe.evaluation.plots.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from stages.atomic import atomic_dir, write_json
 from stages.cli import run_stage
-from stages.dataset import load_info, load_split
-from stages.evaluate_metrics import (
+from tlpipe.config.params import Params
+from tlpipe.data.dataset import load_info, load_split
+from tlpipe.evaluation.metrics import (
     TOP_K,
     calibration,
     confusion_matrix,
@@ -32,13 +32,13 @@ from stages.evaluate_metrics import (
     per_class_scores,
     top_k_accuracy,
 )
-from stages.evaluate_plots import plot_confusion, plot_predictions, plot_reliability
-from stages.model_io import keras_predict, load_keras_model
-from stages.params import Params
-from stages.paths import Paths
-from stages.tta import with_tta
+from tlpipe.evaluation.plots import plot_confusion, plot_predictions, plot_reliability
+from tlpipe.model.keras_io import keras_predict, load_keras_model
+from tlpipe.model.tta import with_tta
+from tlpipe.paths import Paths
+from tlpipe.util.atomic import atomic_dir, write_json
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__spec__.name)
 
 
 def run(params: Params, paths: Paths) -> dict[str, Any]:

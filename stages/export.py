@@ -1,14 +1,14 @@
 """export stage: models/model.keras -> models/model.onnx (+ fp16 / int8 variants), verified.
 
-- Conversion (stages.onnx_convert): tf2onnx, then the pipeline's interface (uint8 `pixels` in,
+- Conversion (tlpipe.export.convert): tf2onnx, then the pipeline's interface (uint8 `pixels` in,
   `probabilities` out, dynamic batch, class names in the metadata).
 - Parity: Keras and onnxruntime (CPU) on a seeded sample of test images; past the limits in
   `export.parity` the stage fails and writes nothing.
-- Variants (`export.variants`, stages.quantize): fp16 (weights and compute in float16, float32
+- Variants (`export.variants`, tlpipe.export.quantize): fp16 (weights and compute in float16, float32
   interface) and int8 (static quantization, calibrated on train images), each scored on the test
   split against float32; a drop past `export.max_variant_accuracy_drop` points fails the stage
   and writes nothing.
-- Test-time augmentation (`tta`, stages.tta) is inside the exported model, and said in its
+- Test-time augmentation (`tta`, tlpipe.model.tta) is inside the exported model, and said in its
   metadata with the backbone's input size; with TTA on, the single-view model is exported as
   the variant `single` (scored, not gated), so the benchmark shows what TTA costs.
 
@@ -27,20 +27,20 @@ from typing import Any
 
 import numpy as np
 
-from stages.atomic import atomic_dir, atomic_file, write_json
 from stages.cli import run_stage
-from stages.dataset import load_info, load_split
-from stages.errors import ModelError
-from stages.model_io import keras_predict, load_keras_model
-from stages.onnx_convert import convert
-from stages.onnx_io import CPU, open_model
-from stages.params import Params
-from stages.params_outputs import ParityParams
-from stages.paths import Paths
-from stages.quantize import calibration_images, to_fp16, to_int8
-from stages.tta import with_tta
+from tlpipe.config.outputs import ParityParams
+from tlpipe.config.params import Params
+from tlpipe.data.dataset import load_info, load_split
+from tlpipe.export.convert import convert
+from tlpipe.export.onnx_model import CPU, open_model
+from tlpipe.export.quantize import calibration_images, to_fp16, to_int8
+from tlpipe.model.keras_io import keras_predict, load_keras_model
+from tlpipe.model.tta import with_tta
+from tlpipe.paths import Paths
+from tlpipe.util.atomic import atomic_dir, atomic_file, write_json
+from tlpipe.util.errors import ModelError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__spec__.name)
 
 
 class ParityError(ModelError):

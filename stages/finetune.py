@@ -1,11 +1,11 @@
 """finetune stage: from the trained head, unfreeze the top of the backbone and train end to end.
 
 Starts from models/head.keras; unfreezes what finetune.unfreeze names (top layers, top blocks,
-everything from a named block, or from a layer index; stages.unfreeze), keeps every BatchNorm
+everything from a named block, or from a layer index; tlpipe.model.unfreeze), keeps every BatchNorm
 frozen, and trains with augmentation at a lower learning rate (linear warmup, then cosine decay
 or constant) with early stopping. The best epoch's weights are kept on disk, and a resumable
 backup is written every finetune.backup_every_steps steps and at every epoch end
-(stages.backups): rerunning after a kill continues from the last backup. Writes
+(tlpipe.training.backups): rerunning after a kill continues from the last backup. Writes
 models/model.keras (float32, raw pixels in, probabilities out) and reports/finetune/.
 
 finetune.enabled: false makes models/model.keras a copy of the head model.
@@ -22,24 +22,24 @@ from typing import Any
 
 import numpy as np
 
-from stages.atomic import atomic_dir, atomic_file, json_text, write_json
-from stages.augment import eval_batches, steps_per_epoch, training_batches
-from stages.backups import Backups
 from stages.cli import run_stage
-from stages.errors import DataError, first_line
-from stages.hashing import sha256_file
-from stages.loop import EpochData, run_epochs
-from stages.model import build_classifier, rebuild_float32, resolve_spec, summary_text, with_weights
-from stages.model_io import save_keras
-from stages.optim import compile_model, make_optimizer, warmup_cosine
-from stages.params import RESULT_NEUTRAL_KEYS, Params
-from stages.paths import Paths
-from stages.runtime import Stopwatch, configure, is_chief
-from stages.train_reports import TIMINGS_FILE, write_reports
-from stages.training import config_json, load_training_data, one_hot
-from stages.unfreeze import unfreeze
+from tlpipe.config.params import RESULT_NEUTRAL_KEYS, Params
+from tlpipe.model.classifier import build_classifier, rebuild_float32, resolve_spec, summary_text, with_weights
+from tlpipe.model.keras_io import save_keras
+from tlpipe.model.unfreeze import unfreeze
+from tlpipe.paths import Paths
+from tlpipe.runtime import Stopwatch, configure, is_chief
+from tlpipe.training.augment import eval_batches, steps_per_epoch, training_batches
+from tlpipe.training.backups import Backups
+from tlpipe.training.data import config_json, load_training_data, one_hot
+from tlpipe.training.loop import EpochData, run_epochs
+from tlpipe.training.optim import compile_model, make_optimizer, warmup_cosine
+from tlpipe.training.reports import TIMINGS_FILE, write_reports
+from tlpipe.util.atomic import atomic_dir, atomic_file, json_text, write_json
+from tlpipe.util.errors import DataError, first_line
+from tlpipe.util.hashing import sha256_file
 
-log = logging.getLogger("stages.finetune")  # not __main__ under python -m
+log = logging.getLogger(__spec__.name)  # its import name, never __main__
 
 
 def run(params: Params, paths: Paths, callbacks: Sequence[Any] = ()) -> dict[str, Any]:

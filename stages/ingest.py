@@ -2,8 +2,8 @@
 
 Sources (`data.source`): the CIFAR-10 python tarball downloaded by Keras (`keras`) or on disk
 (`cifar_python`), class-folder images (`folder`), and images named in a labels file
-(`labels_file`, Kaggle's layout: stages.labelled). Splits: stages.splits. Writes
-data/prepared/ (stages.dataset's contract), reports/ingest/metrics.json (counts, duplicates) and
+(`labels_file`, Kaggle's layout: tlpipe.data.labelled). Splits: tlpipe.data.splits. Writes
+data/prepared/ (tlpipe.data.dataset's contract), reports/ingest/metrics.json (counts, duplicates) and
 reports/ingest/timings.json.
 """
 
@@ -15,21 +15,21 @@ import time
 import numpy as np
 import pandas as pd
 
-from stages.atomic import atomic_dir, write_json
-from stages.cifar import download_cifar_python, read_cifar_python
 from stages.cli import run_stage
-from stages.dataset import INFO_FILE, MANIFEST_FILE, SPLITS, images_file, labels_file
-from stages.errors import DataError
-from stages.folders import read_class_folders
-from stages.hashing import fingerprint
-from stages.labelled import read_labelled
-from stages.params import Params
-from stages.params_data import DataParams
-from stages.paths import Paths
-from stages.sources import RawDataset
-from stages.splits import make_splits
+from tlpipe.config.data import DataParams
+from tlpipe.config.params import Params
+from tlpipe.data.cifar import download_cifar_python, read_cifar_python
+from tlpipe.data.dataset import INFO_FILE, MANIFEST_FILE, SPLITS, images_file, labels_file
+from tlpipe.data.folders import read_class_folders
+from tlpipe.data.labelled import read_labelled
+from tlpipe.data.sources import RawDataset
+from tlpipe.data.splits import make_splits
+from tlpipe.paths import Paths
+from tlpipe.util.atomic import atomic_dir, write_json
+from tlpipe.util.errors import DataError
+from tlpipe.util.hashing import fingerprint
 
-log = logging.getLogger("stages.ingest")
+log = logging.getLogger(__spec__.name)
 
 
 def read_source(data: DataParams, paths: Paths) -> RawDataset:

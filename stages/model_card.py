@@ -14,13 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from stages.atomic import atomic_dir
-from stages.backbones import get_backbone, resolve_image_size
 from stages.cli import run_stage
-from stages.dataset import load_info
-from stages.hashing import md5_file
-from stages.params import Params
-from stages.paths import Paths
+from tlpipe.config.params import Params
+from tlpipe.data.dataset import load_info
+from tlpipe.model.backbones import get_backbone, resolve_image_size
+from tlpipe.paths import Paths
+from tlpipe.util.atomic import atomic_dir
+from tlpipe.util.hashing import md5_file
 
 INTENDED_USE = (
     "Classifying small RGB photographs into the classes listed below, as a baseline and a worked example "

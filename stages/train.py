@@ -1,12 +1,12 @@
 """train stage: a classifier head on a frozen ImageNet backbone.
 
 The backbone's pooled features are computed once per (backbone, weights, size, data) and cached
-(stages.features); the head then trains on the cache, in seconds instead of a backbone forward
+(tlpipe.training.features); the head then trains on the cache, in seconds instead of a backbone forward
 pass per image per epoch. `train.cache_features: false` trains the same model through the frozen
 backbone instead (tests/test_train.py checks both give the same weights).
 
 Reads data/prepared; writes models/head.keras (the full model: raw pixels in, probabilities out,
-backbone frozen) and reports/train/ (stages.train_reports).
+backbone frozen) and reports/train/ (tlpipe.training.reports).
 """
 
 from __future__ import annotations
@@ -15,20 +15,20 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from stages.augment import eval_batches, steps_per_epoch, training_batches
 from stages.cli import run_stage
-from stages.features import cache_dir, cache_file, cached_features
-from stages.loop import EpochData, run_epochs
-from stages.model import build_classifier, rebuild_float32, resolve_spec, summary_text
-from stages.model_io import save_keras
-from stages.optim import compile_model, make_optimizer
-from stages.params import Params
-from stages.paths import Paths
-from stages.runtime import Stopwatch, configure, is_chief
-from stages.train_reports import write_reports
-from stages.training import config_json, load_training_data, one_hot
+from tlpipe.config.params import Params
+from tlpipe.model.classifier import build_classifier, rebuild_float32, resolve_spec, summary_text
+from tlpipe.model.keras_io import save_keras
+from tlpipe.paths import Paths
+from tlpipe.runtime import Stopwatch, configure, is_chief
+from tlpipe.training.augment import eval_batches, steps_per_epoch, training_batches
+from tlpipe.training.data import config_json, load_training_data, one_hot
+from tlpipe.training.features import cache_dir, cache_file, cached_features
+from tlpipe.training.loop import EpochData, run_epochs
+from tlpipe.training.optim import compile_model, make_optimizer
+from tlpipe.training.reports import write_reports
 
-log = logging.getLogger("stages.train")  # not __main__ under python -m
+log = logging.getLogger(__spec__.name)  # its import name, never __main__
 
 
 def run(params: Params, paths: Paths, callbacks: Sequence[Any] = ()) -> dict[str, Any]:

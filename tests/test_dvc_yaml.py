@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from flows.dvc_runner import read_pipeline
-from stages.hashing import md5_file
-from stages.params import RESULT_NEUTRAL_KEYS
 from tests.conftest import REPO
 from tests.stage_deps import code_deps, direct_imports, imported_modules, traced_reads
+from tlpipe.config.params import RESULT_NEUTRAL_KEYS
+from tlpipe.util.hashing import md5_file
 
 STAGES = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
 

@@ -9,10 +9,10 @@ import keras
 import numpy as np
 
 from stages import finetune, train
-from stages.dataset import load_split
-from stages.paths import Paths
 from tests.test_best_weights import damage_before_last_validation, same, snapshots
 from tests.test_train import tiny_params
+from tlpipe.data.dataset import load_split
+from tlpipe.paths import Paths
 
 
 class StepCounter(keras.callbacks.Callback):

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from stages.onnx_io import (
+from tlpipe.export.onnx_model import (
     CPU,
     CUDA,
     TENSORRT,
