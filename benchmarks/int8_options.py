@@ -43,7 +43,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from tlpipe.bench.timing import onnx_runner, random_pixels, summarise, time_calls
-    from tlpipe.config.outputs import Int8Params
+    from tlpipe.config.export import Int8Params
     from tlpipe.data.dataset import load_split
     from tlpipe.export.onnx_model import open_model
     from tlpipe.export.quantize import calibration_images, to_int8

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-DEFAULT_PARAMS_FILE = "params.yaml"
+from tlpipe.paths import PARAMS_FILE as DEFAULT_PARAMS_FILE
 
 
 class OverrideError(ValueError):

@@ -52,7 +52,7 @@ def predict_images(
     images: str, output: str, project_dir: str, model: str | None, folder: str | None, settings: dict[str, Any]
 ) -> dict[str, Any]:
     root = Path(project_dir)
-    params = load_params(root / "params.yaml") if (root / "params.yaml").is_file() else Params()
+    params = load_params(Paths(root).params) if Paths(root).params.is_file() else Params()
     params = with_overrides(params, predict=settings) if settings else params
     with forwarded(get_run_logger()):
         return predict(

@@ -17,17 +17,20 @@ Writes reports/benchmark/: results.json (machine, settings, every measurement), 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stages.cli import run_stage
 from tlpipe.bench.keras_baseline import KerasBaseline
 from tlpipe.bench.report import headline, machine_facts, markdown_table, plot
 from tlpipe.bench.timing import KERAS, measure_interleaved, summarise
-from tlpipe.config.params import Params
+from tlpipe.config.benchmark import BenchmarkParams
 from tlpipe.export.onnx_model import OnnxModel, open_model
 from tlpipe.paths import Paths
 from tlpipe.util.atomic import atomic_dir, write_json
 from tlpipe.util.errors import ModelError
+
+if TYPE_CHECKING:
+    from tlpipe.config.params import Params
 
 
 def onnx_models(paths: Paths) -> dict[str, Path]:
@@ -101,7 +104,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
 
 
 def main() -> None:
-    run_stage(run)
+    run_stage(run, BenchmarkParams)
 
 
 if __name__ == "__main__":

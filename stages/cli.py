@@ -10,12 +10,16 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tlpipe.config.params import Params, load_params
+from tlpipe.config.base import Section
+from tlpipe.config.load import DEFAULT_PARAMS, load_sections
 from tlpipe.config.tracing import Tracked, trace_dir, write_reads
 from tlpipe.paths import Paths
 from tlpipe.util.quiet import quiet_entry_point
+
+if TYPE_CHECKING:
+    from tlpipe.config.params import Params
 
 
 def start_logging() -> None:
@@ -32,8 +36,9 @@ def exit_on_bad_input() -> Iterator[None]:
         sys.exit(1)
 
 
-def run_stage(run: Callable[[Params, Paths], Any]) -> None:
-    """Run a stage on params.yaml and the default paths, with exit_on_bad_input's errors."""
+def run_stage(run: Callable[[Params, Paths], Any], *sections: type[Section]) -> None:
+    """Run a stage on params.yaml, `sections` and the top-level keys validated (the sections the
+    stage reads: its only params code), and the default paths, with exit_on_bad_input's errors."""
     quiet_entry_point()
     start_logging()
     module = run.__module__
@@ -43,7 +48,7 @@ def run_stage(run: Callable[[Params, Paths], Any]) -> None:
     reads: set[str] = set()
     try:
         with exit_on_bad_input():
-            params = load_params()
+            params = load_sections(DEFAULT_PARAMS, *sections)
             traced = trace_dir()
             run(Tracked(params, reads) if traced else params, Paths())  # type: ignore[arg-type]
     finally:

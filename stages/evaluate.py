@@ -16,12 +16,12 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from stages.cli import run_stage
-from tlpipe.config.params import Params
+from tlpipe.config.evaluate import EvaluateParams
 from tlpipe.data.dataset import load_info, load_split
 from tlpipe.evaluation.metrics import (
     TOP_K,
@@ -37,6 +37,9 @@ from tlpipe.model.keras_io import keras_predict, load_keras_model
 from tlpipe.model.tta import with_tta
 from tlpipe.paths import Paths
 from tlpipe.util.atomic import atomic_dir, write_json
+
+if TYPE_CHECKING:
+    from tlpipe.config.params import Params
 
 log = logging.getLogger(__spec__.name)
 
@@ -98,7 +101,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str] | None =
 
 
 def main() -> None:
-    run_stage(run)
+    run_stage(run, EvaluateParams)
 
 
 if __name__ == "__main__":

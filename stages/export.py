@@ -23,22 +23,25 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from stages.cli import run_stage
-from tlpipe.config.outputs import ParityParams
-from tlpipe.config.params import Params
+from tlpipe.config.export import ExportParams, ParityParams
 from tlpipe.data.dataset import load_info, load_split
+from tlpipe.export.contract import CPU
 from tlpipe.export.convert import convert
-from tlpipe.export.onnx_model import CPU, open_model
+from tlpipe.export.onnx_model import open_model
 from tlpipe.export.quantize import calibration_images, to_fp16, to_int8
 from tlpipe.model.keras_io import keras_predict, load_keras_model
 from tlpipe.model.tta import with_tta
 from tlpipe.paths import Paths
 from tlpipe.util.atomic import atomic_dir, atomic_file, write_json
 from tlpipe.util.errors import ModelError
+
+if TYPE_CHECKING:
+    from tlpipe.config.params import Params
 
 log = logging.getLogger(__spec__.name)
 
@@ -176,7 +179,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
 
 
 def main() -> None:
-    run_stage(run)
+    run_stage(run, ExportParams)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,15 @@ import json
 import logging
 import shutil
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from stages.cli import run_stage
-from tlpipe.config.params import RESULT_NEUTRAL_KEYS, Params
+from tlpipe.config.finetune import FinetuneParams
+from tlpipe.config.load import RESULT_NEUTRAL_KEYS
+from tlpipe.config.model import ModelParams
+from tlpipe.config.runtime import RuntimeParams
 from tlpipe.model.classifier import build_classifier, rebuild_float32, resolve_spec, summary_text, with_weights
 from tlpipe.model.keras_io import save_keras
 from tlpipe.model.unfreeze import unfreeze
@@ -38,6 +41,9 @@ from tlpipe.training.reports import TIMINGS_FILE, write_reports
 from tlpipe.util.atomic import atomic_dir, atomic_file, json_text, write_json
 from tlpipe.util.errors import DataError, first_line
 from tlpipe.util.hashing import sha256_file
+
+if TYPE_CHECKING:
+    from tlpipe.config.params import Params
 
 log = logging.getLogger(__spec__.name)  # its import name, never __main__
 
@@ -179,7 +185,7 @@ def run_key(params: Params, paths: Paths, fingerprints: dict[str, str]) -> str:
 
 
 def main() -> None:
-    run_stage(run)
+    run_stage(run, ModelParams, FinetuneParams, RuntimeParams)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from stages.cli import run_stage
 from tlpipe.config.data import DataParams
-from tlpipe.config.params import Params
 from tlpipe.data.cifar import download_cifar_python, read_cifar_python
 from tlpipe.data.dataset import INFO_FILE, MANIFEST_FILE, SPLITS, images_file, labels_file
 from tlpipe.data.folders import read_class_folders
@@ -28,6 +28,9 @@ from tlpipe.paths import Paths
 from tlpipe.util.atomic import atomic_dir, write_json
 from tlpipe.util.errors import DataError
 from tlpipe.util.hashing import fingerprint
+
+if TYPE_CHECKING:
+    from tlpipe.config.params import Params
 
 log = logging.getLogger(__spec__.name)
 
@@ -112,7 +115,7 @@ def run(params: Params, paths: Paths) -> dict:
 
 
 def main() -> None:
-    run_stage(run)
+    run_stage(run, DataParams)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stages.cli import run_stage
-from tlpipe.config.params import Params
+from tlpipe.config.model import ModelParams
+from tlpipe.config.runtime import RuntimeParams
+from tlpipe.config.train import TrainParams
 from tlpipe.model.classifier import build_classifier, rebuild_float32, resolve_spec, summary_text
 from tlpipe.model.keras_io import save_keras
 from tlpipe.paths import Paths
@@ -27,6 +29,9 @@ from tlpipe.training.features import cache_dir, cache_file, cached_features
 from tlpipe.training.loop import EpochData, run_epochs
 from tlpipe.training.optim import compile_model, make_optimizer
 from tlpipe.training.reports import write_reports
+
+if TYPE_CHECKING:
+    from tlpipe.config.params import Params
 
 log = logging.getLogger(__spec__.name)  # its import name, never __main__
 
@@ -122,7 +127,7 @@ def run(params: Params, paths: Paths, callbacks: Sequence[Any] = ()) -> dict[str
 
 
 def main() -> None:
-    run_stage(run)
+    run_stage(run, ModelParams, TrainParams, RuntimeParams)
 
 
 if __name__ == "__main__":

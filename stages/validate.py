@@ -20,10 +20,10 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stages.cli import run_stage
-from tlpipe.config.params import Params
+from tlpipe.config.validate import ValidateParams
 from tlpipe.data.dataset import load_info
 from tlpipe.data.validation import build_suites, class_count_table, describe_failure, image_table
 from tlpipe.paths import Paths
@@ -40,6 +40,9 @@ _VOLATILE = re.compile(
     r"|\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[+-]\d{2}:\d{2}|Z)?"  # 2026-12-03T08:11:32.370851+00:00
     r"|[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"  # random (version 4) uuids
 )
+
+if TYPE_CHECKING:
+    from tlpipe.config.params import Params
 
 
 class ValidationFailed(DataError):
@@ -114,7 +117,7 @@ def run(params: Params, paths: Paths) -> dict:
 
 
 def main() -> None:
-    run_stage(run)
+    run_stage(run, ValidateParams)
 
 
 if __name__ == "__main__":

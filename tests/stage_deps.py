@@ -24,8 +24,12 @@ def module_file(module: str) -> Path:
 
 
 def direct_imports(module: str) -> set[str]:
-    """Project modules `module` imports anywhere in its body (function-level imports included)."""
+    """Project modules `module` imports anywhere in its body (function-level imports included), but
+    not those only type checkers import (`if TYPE_CHECKING:`): they never run."""
     tree = ast.parse(module_file(module).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            node.body = []
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

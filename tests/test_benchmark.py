@@ -12,7 +12,8 @@ from stages import benchmark
 from tests.tiny_models import tiny_params, tiny_project
 from tlpipe.bench import timing as bench_timing
 from tlpipe.config.params import ParamsError, parse_params, with_overrides
-from tlpipe.export.onnx_model import CPU, ProviderError, gpu_device_present, open_model
+from tlpipe.export.contract import CPU
+from tlpipe.export.onnx_model import ProviderError, gpu_device_present, open_model
 from tlpipe.paths import Paths
 from tlpipe.util.errors import ModelError
 

@@ -13,10 +13,11 @@ import pytest
 
 from stages import export
 from tests.tiny_models import CLASSES, tiny_params, tiny_project
-from tlpipe.config.outputs import ParityParams
+from tlpipe.config.export import ParityParams
 from tlpipe.config.params import with_overrides
 from tlpipe.data.dataset import load_info, load_split
-from tlpipe.export.onnx_model import CPU, INPUT_NAME, OUTPUT_NAME, ProviderError, gpu_device_present, open_model
+from tlpipe.export.contract import CPU, INPUT_NAME, OUTPUT_NAME
+from tlpipe.export.onnx_model import ProviderError, gpu_device_present, open_model
 from tlpipe.export.quantize import calibration_images, to_int8
 from tlpipe.model.keras_io import keras_predict, load_keras_model
 from tlpipe.paths import Paths

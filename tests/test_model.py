@@ -49,7 +49,7 @@ def test_saved_model_takes_pixels_and_loads_without_custom_objects(tmp_path: Pat
 
 def test_backbone_runs_in_inference_mode_even_when_the_model_trains(tmp_path: Path) -> None:
     """Keras 3 passes training=True into nested models during fit; frozen BatchNorm ignores it."""
-    from tlpipe.config.training import UnfreezeParams
+    from tlpipe.config.finetune import UnfreezeParams
     from tlpipe.model.classifier import build_classifier
     from tlpipe.model.unfreeze import unfreeze
 

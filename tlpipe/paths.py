@@ -14,6 +14,8 @@ from pathlib import Path
 
 FEATURE_CACHE_ENV = "TLPIPE_FEATURE_CACHE"
 CHECKPOINTS_ENV = "TLPIPE_CHECKPOINTS"
+# The params file, the one name every reader uses (tlpipe.config.load, flows).
+PARAMS_FILE = "params.yaml"
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,7 @@ class Paths:
 
     @property
     def params(self) -> Path:
-        return self.root / "params.yaml"
+        return self.root / PARAMS_FILE
 
     @property
     def prepared(self) -> Path:

@@ -13,11 +13,13 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tlpipe.config.params import Params
+if TYPE_CHECKING:
+    from tlpipe.config.params import Params
+
 
 log = logging.getLogger(__spec__.name)
 

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tlpipe.config.outputs import BenchmarkParams
-from tlpipe.export.onnx_model import GPU_PROVIDERS, OnnxModel
+from tlpipe.config.benchmark import BenchmarkParams
+from tlpipe.export.contract import GPU_PROVIDERS
+from tlpipe.export.onnx_model import OnnxModel
 
 if TYPE_CHECKING:
     from tlpipe.bench.keras_baseline import KerasBaseline

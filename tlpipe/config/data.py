@@ -1,8 +1,8 @@
-"""params.yaml sections of the data stages: `data` (ingest) and `validate`."""
+"""params.yaml section `data`: the source ingest reads and how it splits it."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -55,6 +55,8 @@ class LabelsParams(Section):
 
 
 class DataParams(Section):
+    section: ClassVar[str] = "data"
+
     # keras: the CIFAR-10 python tarball downloaded from data.path (a URL) by Keras's downloader;
     # cifar_python: that tarball on disk; folder: <split>/<class>/*.{png,jpg,jpeg} as a directory
     # or a .tar/.tar.gz/.tgz/.zip/.7z archive; labels_file: images named in a labels file (`labels`).
@@ -114,14 +116,3 @@ class DataParams(Section):
         if v is not None and (len(v) != 64 or any(c not in "0123456789abcdef" for c in v.lower())):
             raise ValueError(f"expected a 64-character hex SHA-256, got {v!r}")
         return v.lower() if v else v
-
-
-class ValidateParams(Section):
-    # Largest allowed relative deviation of a class's count from the mean class count.
-    class_balance_tolerance: float = Field(0.1, ge=0)
-    # Per-image pixel statistics (0..255 scale): a blank or constant image falls outside.
-    pixel_mean_min: float = Field(2.0, ge=0, le=255)
-    pixel_mean_max: float = Field(253.0, ge=0, le=255)
-    pixel_std_min: float = Field(2.0, ge=0)
-    # Fraction of images allowed to violate the pixel-statistics expectations.
-    pixel_stats_mostly: float = Field(0.999, gt=0, le=1)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tlpipe.config.data import ValidateParams
+from tlpipe.config.validate import ValidateParams
 from tlpipe.data.dataset import MANIFEST_FILE, SPLITS, DatasetInfo, load_split
 
 

@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 from tlpipe.data.dataset import DatasetInfo
-from tlpipe.export.onnx_model import INPUT_NAME, OUTPUT_NAME
+from tlpipe.export.contract import INPUT_NAME, OUTPUT_NAME
 from tlpipe.util.errors import ModelError
 
 

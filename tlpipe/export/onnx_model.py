@@ -26,19 +26,11 @@ from typing import Any
 import numpy as np
 
 from tlpipe.data.dataset import DatasetInfo
+from tlpipe.export.contract import CPU, GPU_PROVIDERS, TENSORRT
 from tlpipe.model.keras_io import check_probabilities
 from tlpipe.util.errors import ModelError, first_line
 
 log = logging.getLogger(__spec__.name)
-
-# The exported model's interface: uint8 RGB pixels in, class probabilities out.
-INPUT_NAME = "pixels"
-OUTPUT_NAME = "probabilities"
-
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-TENSORRT = "TensorrtExecutionProvider"
-GPU_PROVIDERS = (TENSORRT, CUDA)
 
 # ONNX input types the stages can feed (the exported model takes uint8; others are accepted so
 # that a hand-made float model can be evaluated too).

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from tlpipe.config.outputs import Int8Params
+from tlpipe.config.export import Int8Params
 from tlpipe.data.dataset import load_split
-from tlpipe.export.onnx_model import INPUT_NAME
+from tlpipe.export.contract import INPUT_NAME
 from tlpipe.paths import Paths
 
 

@@ -21,11 +21,10 @@ frozen (trainable=False, which Keras 3 BatchNormalization honours), not because 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tlpipe.config.params import Params
 from tlpipe.model.backbones import (
     CAFFE_MEAN_BGR,
     IMAGENET_MEAN_RGB,
@@ -38,6 +37,9 @@ from tlpipe.model.unfreeze import freeze_batchnorm
 from tlpipe.model.weights import resolve_weights, weights_file_name
 from tlpipe.paths import Paths
 from tlpipe.util.errors import first_line
+
+if TYPE_CHECKING:
+    from tlpipe.config.params import Params
 
 BACKBONE_LAYER = "backbone"
 HEAD_LAYER = "head"

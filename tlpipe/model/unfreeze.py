@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tlpipe.config.training import UnfreezeParams
 from tlpipe.model.backbones import Backbone
+
+if TYPE_CHECKING:
+    from tlpipe.config.finetune import UnfreezeParams
 
 
 def freeze_batchnorm(layer: Any) -> int:

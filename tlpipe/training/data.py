@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tlpipe.config.params import Params
 from tlpipe.data.dataset import DatasetInfo, load_info, load_split
 from tlpipe.model.classifier import ModelSpec
 from tlpipe.paths import Paths
 from tlpipe.util.errors import DataError
+
+if TYPE_CHECKING:
+    from tlpipe.config.params import Params
 
 
 def load_training_data(
