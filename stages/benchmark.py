@@ -38,8 +38,8 @@ def onnx_models(paths: Paths) -> dict[str, Path]:
     if not paths.onnx_model.is_file():
         raise ModelError(f"{paths.onnx_model}: ONNX model not found; run the export stage first (dvc repro export)")
     found = {"onnx-fp32": paths.onnx_model}
-    for f in sorted(paths.variants.glob("model.*.onnx")):
-        found[f"onnx-{f.name.split('.')[1]}"] = f
+    for name, f in paths.variant_files().items():
+        found[f"onnx-{name}"] = f
     return found
 
 

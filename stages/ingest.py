@@ -18,11 +18,9 @@ import pandas as pd
 
 from stages.cli import run_stage
 from tlpipe.config.data import DataParams
-from tlpipe.data.cifar import download_cifar_python, read_cifar_python
 from tlpipe.data.dataset import INFO_FILE, MANIFEST_FILE, SPLITS, images_file, labels_file
-from tlpipe.data.folders import read_class_folders
-from tlpipe.data.labelled import read_labelled
-from tlpipe.data.sources import RawDataset
+from tlpipe.data.raw import RawDataset
+from tlpipe.data.sources import get_source, source_names
 from tlpipe.data.splits import make_splits
 from tlpipe.paths import Paths
 from tlpipe.util.atomic import atomic_dir, write_json
@@ -39,26 +37,21 @@ def read_source(data: DataParams, paths: Paths) -> RawDataset:
     """Read the source that `data.source` names; the source info records data.path as written."""
     # DVC cannot make a params dependency depend on data.source: dvc.yaml lists the labels_file
     # options for every source, and they are read (so listed == read) whatever the source.
-    labels = data.labels.model_dump()
-    if data.image_size is not None and data.source not in ("folder", "labels_file"):
+    data.labels.model_dump()  # read whatever the source (dvc.yaml cannot list them per source)
+    source = get_source(data.source)
+    if data.image_size is not None and not source.image_files:
         raise DataError(
-            f"data.image_size={data.image_size} applies to image-file sources (folder, labels_file) only; CIFAR-10 "
-            f"({data.source!r}) is used at its native 32×32 and the model resizes it (model.image_size)"
+            f"data.image_size={data.image_size} applies to image-file sources "
+            f"({', '.join(source_names(lambda s: s.image_files))}) only; {source.about} "
+            f"({data.source!r}) is used at its native {source.native_size} and the model resizes it (model.image_size)"
         )
-    if data.source == "keras":
-        raw = read_cifar_python(download_cifar_python(data.path, data.sha256), data.sha256, kind="keras")
+    if source.downloads:
+        raw = source.read(data.path, data)
     else:
         path = paths.resolve(data.path)
         if not path.exists():
             raise DataError(f"data.path: {path} does not exist (data.source is {data.source!r})")
-        if data.source == "cifar_python":
-            raw = read_cifar_python(path, data.sha256)
-        elif data.source == "labels_file":
-            raw = read_labelled(path, data)
-        else:
-            raw = read_class_folders(path, data)
-    if data.source == "labels_file":
-        raw.source["labels"] = labels
+        raw = source.read(path, data)
     raw.source = {"kind": raw.source.pop("kind"), "path": data.path, **raw.source}
     return raw
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from stages.cli import exit_on_bad_input, start_logging
 from tlpipe.config.params import DEFAULT_PARAMS, Params, load_params, with_overrides
+from tlpipe.export.variants import FP32, selectable_variants
 from tlpipe.predict.run import predict
 from tlpipe.util.quiet import quiet_entry_point
 
@@ -36,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--folder", help="only the images under this folder of the input (e.g. test)")
     parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file for predict.* (if it exists)")
     parser.add_argument("--format", choices=["table", "submission"])
-    parser.add_argument("--variant", choices=["fp32", "fp16", "int8"])
+    parser.add_argument("--variant", choices=[FP32, *selectable_variants()])
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--probabilities", action="store_true", default=None, help="add class probabilities")

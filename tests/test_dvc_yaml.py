@@ -10,6 +10,7 @@ import yaml
 from flows.dvc_runner import read_pipeline
 from tests.conftest import REPO
 from tests.stage_deps import code_deps, direct_imports, imported_modules, traced_reads
+from tlpipe.config.load import SECTIONS
 from tlpipe.config.params import RESULT_NEUTRAL_KEYS
 from tlpipe.util.hashing import md5_file
 
@@ -28,6 +29,19 @@ def test_dvc_yaml_lists_every_module_a_stage_runs_and_no_other(stage: str) -> No
         f"dvc.yaml stage {stage!r}: missing {sorted(set(derived) - set(listed))}, "
         f"not imported {sorted(set(listed) - set(derived))} (python -m tests.stage_deps prints the list)"
     )
+
+
+def test_each_stage_runs_the_code_of_the_params_sections_it_reads_and_no_other() -> None:
+    """Params are read per section: a stage imports the module of each section its dvc.yaml params
+    name (tlpipe/config/<section>.py) and no other, so an edit to a section it does not read
+    (`predict`, read by no stage) reruns nothing."""
+    pipe = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage in STAGES:
+        keys = [k for entry in pipe[stage].get("params", []) for k in ([entry] if isinstance(entry, str) else [])]
+        read = {key.split(".")[0] for key in keys} & set(SECTIONS)
+        imported = {s for s in SECTIONS if f"tlpipe/config/{s}.py" in code_deps(stage)}
+        assert imported == read, f"{stage}: runs the code of sections {sorted(imported)}, reads {sorted(read)}"
+    assert not any("tlpipe/config/predict.py" in code_deps(stage) for stage in STAGES)
 
 
 def test_no_stage_module_imports_another() -> None:

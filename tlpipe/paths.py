@@ -63,6 +63,10 @@ class Paths:
         """An exported model: fp32 is models/model.onnx itself, the others models/variants/model.<variant>.onnx."""
         return self.onnx_model if variant == "fp32" else self.variants / f"model.{variant}.onnx"
 
+    def variant_files(self) -> dict[str, Path]:
+        """The variants the export stage wrote, by name (onnx_variant's file names read back), in name order."""
+        return {f.name.split(".")[1]: f for f in sorted(self.variants.glob("model.*.onnx"))}
+
     def reports(self, stage: str) -> Path:
         return self.root / "reports" / stage
 

@@ -8,9 +8,6 @@ from pydantic import Field, field_validator, model_validator
 
 from tlpipe.config.base import Section
 
-# Where keras.datasets.cifar10 downloads from (the `keras` source's data.path).
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-
 
 class SplitLimits(Section):
     """Optional stratified cap on the number of images per split, for quick runs."""
@@ -57,12 +54,14 @@ class LabelsParams(Section):
 class DataParams(Section):
     section: ClassVar[str] = "data"
 
+    # A name in the registry of sources (tlpipe.data.sources):
     # keras: the CIFAR-10 python tarball downloaded from data.path (a URL) by Keras's downloader;
     # cifar_python: that tarball on disk; folder: <split>/<class>/*.{png,jpg,jpeg} as a directory
     # or a .tar/.tar.gz/.tgz/.zip/.7z archive; labels_file: images named in a labels file (`labels`).
-    source: Literal["keras", "cifar_python", "folder", "labels_file"] = "keras"
+    source: str = "keras"
     # The data itself, and a DVC dependency of ingest (dvc.yaml: ${data.path}), so changed data
-    # reruns ingest. Relative paths are from the project root. keras: the URL (default: CIFAR10_URL).
+    # reruns ingest. Relative paths are from the project root. keras: the URL (default: the source's,
+    # tlpipe.data.sources.CIFAR10_URL).
     path: str | None = None
     # Expected SHA-256 of the source archive. cifar_python and keras default to the published one.
     sha256: str | None = None
@@ -82,27 +81,43 @@ class DataParams(Section):
     resize_mode: Literal["center_crop", "stretch"] = "center_crop"
     labels: LabelsParams = LabelsParams()
 
+    @field_validator("source")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from tlpipe.data.sources import get_source
+
+        get_source(v)
+        return v
+
     @model_validator(mode="before")
     @classmethod
-    def _keras_url_by_default(cls, raw: object) -> object:
-        if isinstance(raw, dict) and raw.get("source", "keras") == "keras" and raw.get("path") is None:
-            return {**raw, "path": CIFAR10_URL}
+    def _default_path(cls, raw: object) -> object:
+        from tlpipe.data.sources import SOURCES
+
+        if isinstance(raw, dict) and raw.get("path") is None:
+            source = SOURCES.get(raw.get("source", "keras"))
+            if source is not None and source.default_path:
+                return {**raw, "path": source.default_path}
         return raw
 
     @model_validator(mode="after")
     def _consistent(self) -> DataParams:
         if not (self.path or "").strip():
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
+        from tlpipe.data.sources import get_source, source_names
+
+        source = get_source(self.source)
         is_url = self.path.startswith(("http://", "https://"))
-        if self.source == "keras" and not is_url:
+        if source.downloads and not is_url:
+            example = f" (e.g. {source.default_path})" if source.default_path else ""
             raise ValueError(
-                "data.source 'keras' downloads from data.path, which "
-                f"must be a URL (e.g. {CIFAR10_URL}), got {self.path!r}"
+                f"data.source {self.source!r} downloads from data.path, which must be a URL{example}, got {self.path!r}"
             )
-        if self.source != "keras" and is_url:
+        if not source.downloads and is_url:
+            downloading = " or ".join(repr(n) for n in source_names(lambda s: s.downloads))
             raise ValueError(
                 f"data.path is a URL ({self.path}); only data.source "
-                f"'keras' downloads, {self.source!r} reads a local path"
+                f"{downloading} downloads, {self.source!r} reads a local path"
             )
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(

@@ -49,7 +49,8 @@ class ExportParams(Section):
 
     opset: int = Field(17, ge=13, le=21)
     parity: ParityParams = ParityParams()
-    variants: list[Literal["fp16", "int8"]] = ["fp16", "int8"]
+    # Names in the registry of variants (tlpipe.export.variants): models/variants/model.<name>.onnx.
+    variants: list[str] = ["fp16", "int8"]
     int8: Int8Params = Int8Params()
     # A variant may lose at most this much top-1 (in points) against float32, else export fails.
     max_variant_accuracy_drop: float = Field(3.0, ge=0)
@@ -61,6 +62,10 @@ class ExportParams(Section):
     @field_validator("variants")
     @classmethod
     def _unique(cls, v: list[str]) -> list[str]:
+        from tlpipe.export.variants import check_variant
+
+        for name in v:
+            check_variant(name)
         if len(set(v)) != len(v):
             raise ValueError(f"variants must not repeat, got {v}")
         return v

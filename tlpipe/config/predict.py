@@ -16,8 +16,8 @@ class PredictParams(Section):
 
     section: ClassVar[str] = "predict"
 
-    # fp32: models/model.onnx; fp16 / int8: models/variants/model.<variant>.onnx.
-    variant: Literal["fp32", "fp16", "int8"] = "fp32"
+    # fp32: models/model.onnx; fp16 / int8 (tlpipe.export.variants): models/variants/model.<variant>.onnx.
+    variant: str = "fp32"
     # In order of preference; the first one that loads is used (and named in the summary).
     providers: list[ProviderName] = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     # false: a session that does not run on the first provider listed is an error (a GPU
@@ -44,3 +44,10 @@ class PredictParams(Section):
     log_every_seconds: float = Field(30.0, gt=0)  # progress lines with ETA
 
     _providers = field_validator("providers")(distinct_providers)
+
+    @field_validator("variant")
+    @classmethod
+    def _exported(cls, v: str) -> str:
+        from tlpipe.export.variants import check_variant
+
+        return check_variant(v, fp32=True)

@@ -9,13 +9,17 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tlpipe.data.archives import iter_entries
 from tlpipe.data.dataset import CIFAR10_CLASSES
-from tlpipe.data.sources import RawDataset, RawSplit, verify_sha256
+from tlpipe.data.raw import RawDataset, RawSplit, verify_sha256
 from tlpipe.util.errors import DataError, first_line
+
+if TYPE_CHECKING:
+    from tlpipe.config.data import DataParams
 
 # The published SHA-256 of https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (as Keras pins it).
 CIFAR10_PYTHON_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
@@ -115,3 +119,13 @@ def download_cifar_python(url: str, expected_sha256: str | None = None) -> Path:
             "data.path=cifar-10-python.tar.gz, or data.source=folder."
         ) from None
     return Path(path)
+
+
+def read_file(path: Path, data: DataParams) -> RawDataset:
+    """data.source cifar_python: the tarball on disk."""
+    return read_cifar_python(path, data.sha256)
+
+
+def read_download(url: str, data: DataParams) -> RawDataset:
+    """data.source keras: the tarball at data.path (a URL), downloaded by Keras's downloader."""
+    return read_cifar_python(download_cifar_python(url, data.sha256), data.sha256, kind="keras")

@@ -8,16 +8,19 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tlpipe.config.data import DataParams
 from tlpipe.data.archives import iter_entries
 from tlpipe.data.dataset import CIFAR10_CLASSES, SPLITS
 from tlpipe.data.images import decode_image
-from tlpipe.data.sources import RawDataset, RawSplit, check_trainable, verify_sha256
+from tlpipe.data.raw import RawDataset, RawSplit, check_trainable, verify_sha256
 from tlpipe.util.errors import DataError
 from tlpipe.util.hashing import sha256_file
+
+if TYPE_CHECKING:
+    from tlpipe.config.data import DataParams
 
 log = logging.getLogger(__spec__.name)
 

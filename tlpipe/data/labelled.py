@@ -19,13 +19,16 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-from tlpipe.config.data import DataParams, LabelsParams
 from tlpipe.data.archives import iter_entries, safe_member_name
 from tlpipe.data.folders import IMAGE_SUFFIXES, class_order, decode_split
-from tlpipe.data.sources import RawDataset, RawSplit, check_trainable, verify_sha256
+from tlpipe.data.raw import RawDataset, RawSplit, check_trainable, verify_sha256
 from tlpipe.util.errors import DataError
 from tlpipe.util.hashing import sha256_file
+
+if TYPE_CHECKING:
+    from tlpipe.config.data import DataParams, LabelsParams
 
 log = logging.getLogger(__spec__.name)
 
@@ -199,5 +202,6 @@ def read_labelled(path: Path, data: DataParams) -> RawDataset:
             "converted_to_rgb": dict(converted),
             "resized_to": [data.image_size, data.image_size, data.resize_mode] if data.image_size else None,
             "skipped_unlisted": skipped,
+            "labels": data.labels.model_dump(),
         },
     )

@@ -1,54 +1,64 @@
-"""The ingest stage's sources: each returns a `RawDataset` of uint8 arrays at native resolution.
+"""The registry of data sources: `data.source` names one, ingest reads it.
 
-The readers live in tlpipe.data.cifar (the CIFAR-10 python tarball, on disk or downloaded) and
-tlpipe.data.folders (class-folder images, a directory or an archive). Nothing here writes to disk,
-so a bad source loses nothing.
+A source is a module with one reader, `read(location, data) -> RawDataset` (tlpipe.data.raw), plus
+one entry here; params validation (data.source, data.path) and ingest ask this table, nothing else
+names a source. A test or a plugin adds one with `register_source`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+from tlpipe.data import cifar, folders, labelled
+from tlpipe.data.raw import RawDataset
 
-from tlpipe.util.errors import DataError
-from tlpipe.util.hashing import sha256_file
+if TYPE_CHECKING:
+    from tlpipe.config.data import DataParams
 
-
-@dataclass
-class RawSplit:
-    images: np.ndarray  # uint8 N×H×W×3
-    labels: np.ndarray  # int64 N
-    origins: list[str]  # where each image came from (file or archive member)
+# Where keras.datasets.cifar10 downloads from (the `keras` source's data.path).
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
-@dataclass
-class RawDataset:
-    classes: list[str]
-    splits: dict[str, RawSplit]
-    source: dict[str, object] = field(default_factory=dict)
+@dataclass(frozen=True)
+class Source:
+    # The reader: (data.path resolved from the project root, or the URL for a download; the data params).
+    read: Callable[[Path | str, DataParams], RawDataset]
+    # data.path is a URL the reader downloads from (local sources refuse URLs), default_path when unset.
+    downloads: bool = False
+    default_path: str | None = None
+    # Decodes image files of any size: data.image_size may resize them (else images keep their size).
+    image_files: bool = False
+    # What it is and the size its images come in, for messages (ingest's data.image_size check).
+    about: str = ""
+    native_size: str = "size"
 
 
-def verify_sha256(path: Path, expected: str) -> str:
-    """The file's SHA-256, which must be `expected`: checked before anything in it is parsed."""
-    actual = sha256_file(path)
-    if actual != expected.lower():
-        raise DataError(
-            f"{path}: SHA-256 checksum mismatch: expected {expected}, got {actual}. "
-            "The file is corrupt, truncated or not the one params name (data.sha256)."
-        )
-    return actual
+SOURCES: dict[str, Source] = {
+    "keras": Source(
+        cifar.read_download, downloads=True, default_path=CIFAR10_URL, about="CIFAR-10", native_size="32×32"
+    ),
+    "cifar_python": Source(cifar.read_file, about="CIFAR-10", native_size="32×32"),
+    "folder": Source(folders.read_class_folders, image_files=True, about="class folders"),
+    "labels_file": Source(labelled.read_labelled, image_files=True, about="a labels file"),
+}
 
 
-def check_trainable(path: str | Path, classes: list[str], splits: dict[str, RawSplit]) -> None:
-    """A classifier needs two classes at least, each with training images."""
-    if len(classes) < 2:
-        raise DataError(
-            f"{path}: {len(classes)} class ({', '.join(classes) or 'none'}); a classifier needs at least two"
-        )
-    train = splits.get("train")
-    present = set(np.unique(train.labels).tolist()) if train is not None else set()
-    missing = [c for i, c in enumerate(classes) if i not in present]
-    if missing:
-        raise DataError(f"{path}: class(es) {missing} have no training images; every class needs some to be learned")
+def register_source(name: str, source: Source) -> None:
+    """Add a source under `name` (data.source: <name>); a name already taken is an error."""
+    if name in SOURCES:
+        raise ValueError(f"data source {name!r} is already registered")
+    SOURCES[name] = source
+
+
+def source_names(where: Callable[[Source], bool] = lambda s: True) -> list[str]:
+    return [name for name, source in SOURCES.items() if where(source)]
+
+
+def get_source(name: str) -> Source:
+    try:
+        return SOURCES[name]
+    except KeyError:
+        raise ValueError(f"unknown data source {name!r}; expected one of {', '.join(source_names())}") from None

@@ -9,13 +9,16 @@ sides of a split (the validate stage checks that leakage for real).
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tlpipe.config.data import DataParams
 from tlpipe.data.dataset import SPLITS
-from tlpipe.data.sources import RawDataset, RawSplit
+from tlpipe.data.raw import RawDataset, RawSplit
 from tlpipe.util.errors import DataError
+
+if TYPE_CHECKING:
+    from tlpipe.config.data import DataParams
 
 Split = tuple[RawSplit, list[str]]  # the split and its images' content hashes
 
