@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from tlpipe.paths import PARAMS_FILE as DEFAULT_PARAMS_FILE
+from tlpipe.util.errors import first_line
 
 
 class OverrideError(ValueError):
@@ -44,7 +45,7 @@ def check_syntax(overrides: Sequence[str]) -> dict[str, list[str]]:
                 parsed = to_hydra_overrides([item])
             except Exception as err:  # noqa: BLE001 - hydra's OverrideParseException and friends
                 raise OverrideError(
-                    f"override {item!r}{_in(path)} is malformed ({_first_line(err)}); expected key=value, "
+                    f"override {item!r}{_in(path)} is malformed ({first_line(err)}); expected key=value, "
                     "e.g. 'train.epochs=3' (Hydra override syntax, as in `dvc exp run -S`)"
                 ) from None
             if any(p.is_sweep_override() for p in parsed):
@@ -140,8 +141,3 @@ def _in(path: str) -> str:
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]

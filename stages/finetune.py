@@ -27,17 +27,16 @@ from tlpipe.config.finetune import FinetuneParams
 from tlpipe.config.load import RESULT_NEUTRAL_KEYS
 from tlpipe.config.model import ModelParams
 from tlpipe.config.runtime import RuntimeParams
-from tlpipe.model.classifier import build_classifier, rebuild_float32, resolve_spec, summary_text, with_weights
-from tlpipe.model.keras_io import save_keras
+from tlpipe.model.classifier import build_classifier, resolve_spec, with_weights
 from tlpipe.model.unfreeze import unfreeze
 from tlpipe.paths import Paths
 from tlpipe.runtime import Stopwatch, configure, is_chief
-from tlpipe.training.augment import eval_batches, steps_per_epoch, training_batches
+from tlpipe.training.augment import steps_per_epoch
 from tlpipe.training.backups import Backups
-from tlpipe.training.data import config_json, load_training_data, one_hot
-from tlpipe.training.loop import EpochData, run_epochs
-from tlpipe.training.optim import compile_model, make_optimizer, warmup_cosine
-from tlpipe.training.reports import TIMINGS_FILE, write_reports
+from tlpipe.training.data import load_training_data
+from tlpipe.training.optim import warmup_cosine
+from tlpipe.training.phase import fit, log_done, save_and_report
+from tlpipe.training.reports import TIMINGS_FILE
 from tlpipe.util.atomic import atomic_dir, atomic_file, json_text, write_json
 from tlpipe.util.errors import DataError, first_line
 from tlpipe.util.hashing import sha256_file
@@ -93,59 +92,43 @@ def run(params: Params, paths: Paths, callbacks: Sequence[Any] = ()) -> dict[str
         min_learning_rate=fp.schedule.min_learning_rate,
         constant=fp.schedule.kind == "constant",
     )
-    with rt.strategy.scope():
-        optimizer = make_optimizer(fp.optimizer, schedule, weight_decay=fp.weight_decay, momentum=fp.momentum)
-        compile_model(clf.model, optimizer, label_smoothing=fp.label_smoothing, jit_compile=rt.jit_compile)
-
-    onehot_train = one_hot(y_train, spec.num_classes)
-    data = EpochData(
-        make=lambda epoch: training_batches(
-            x_train,
-            onehot_train,
-            batch_size=fp.batch_size,
-            seed=params.seed,
-            epoch=epoch,
-            augment=fp.augment,
-            steps=steps,
-        ),
-        steps=steps,
-        samples=steps * fp.batch_size,
-    )
     chief = is_chief()
     backups = Backups(paths.checkpoints / "finetune", key=run_key(params, paths, info.fingerprints), enabled=chief)
-    result = run_epochs(
+    result = fit(
         clf.model,
-        train=data,
-        val=eval_batches(x_val, one_hot(y_val, spec.num_classes), fp.batch_size),
-        epochs=fp.epochs,
-        early_stopping=fp.early_stopping,
-        batch_size=fp.batch_size,
+        fp,
+        rt,
         phase="finetune",
-        backups=backups,
-        backup_every_steps=fp.backup_every_steps,
+        train=(x_train, y_train),
+        val=(x_val, y_val),
+        num_classes=spec.num_classes,
+        seed=params.seed,
         log_every=params.runtime.log_every_seconds,
         callbacks=callbacks,
+        steps=steps,
+        learning_rate=schedule,
+        augment=fp.augment,
+        backups=backups,
+        backup_every_steps=fp.backup_every_steps,
         keep_last=fp.train_on_val,
     )
     if not chief:  # a non-chief worker of a multi-worker cluster: the chief writes everything
         return {}
-    save_keras(rebuild_float32(spec, clf.model), paths.model)
-    metrics = write_reports(
-        paths.reports("finetune"),
+    metrics = save_and_report(
+        "finetune",
+        clf,
+        spec,
         result,
+        rt,
+        params,
+        model_path=paths.model,
+        reports=paths.reports("finetune"),
+        clock=clock,
         extra={"enabled": 1, "image_size": spec.image_size, "train_on_val": int(fp.train_on_val), "unfrozen": unfrozen},
-        timings={"total_seconds": round(clock.elapsed, 2), **rt.machine()},
-        texts={"summary.txt": summary_text(clf.model), "config.json": config_json(spec, rt.settings(), params)},
+        timings={},
     )
     backups.clear()  # only once model.keras and the reports are in place
-    log.info(
-        "finetune: best val_accuracy %.4f at epoch %d of %d; %s written in %.0fs",
-        metrics["best"]["val_accuracy"],
-        result.best_epoch,
-        len(result.history),
-        paths.model,
-        clock.elapsed,
-    )
+    log_done("finetune", metrics, result, paths.model, clock)
     return metrics
 
 

@@ -19,16 +19,12 @@ from stages.cli import run_stage
 from tlpipe.config.model import ModelParams
 from tlpipe.config.runtime import RuntimeParams
 from tlpipe.config.train import TrainParams
-from tlpipe.model.classifier import build_classifier, rebuild_float32, resolve_spec, summary_text
-from tlpipe.model.keras_io import save_keras
+from tlpipe.model.classifier import build_classifier, resolve_spec
 from tlpipe.paths import Paths
 from tlpipe.runtime import Stopwatch, configure, is_chief
-from tlpipe.training.augment import eval_batches, steps_per_epoch, training_batches
-from tlpipe.training.data import config_json, load_training_data, one_hot
+from tlpipe.training.data import load_training_data
 from tlpipe.training.features import cache_dir, cache_file, cached_features
-from tlpipe.training.loop import EpochData, run_epochs
-from tlpipe.training.optim import compile_model, make_optimizer
-from tlpipe.training.reports import write_reports
+from tlpipe.training.phase import fit, log_done, save_and_report
 
 if TYPE_CHECKING:
     from tlpipe.config.params import Params
@@ -81,48 +77,34 @@ def run(params: Params, paths: Paths, callbacks: Sequence[Any] = ()) -> dict[str
     else:
         inputs_train, inputs_val, target = x_train, x_val, clf.model
 
-    onehot_train = one_hot(y_train, spec.num_classes)
-    onehot_val = one_hot(y_val, spec.num_classes)
-    with rt.strategy.scope():
-        optimizer = make_optimizer(tp.optimizer, tp.learning_rate, weight_decay=tp.weight_decay, momentum=tp.momentum)
-        compile_model(target, optimizer, label_smoothing=tp.label_smoothing, jit_compile=rt.jit_compile)
-    steps = steps_per_epoch(len(inputs_train), tp.batch_size)
-    data = EpochData(
-        make=lambda epoch: training_batches(
-            inputs_train, onehot_train, batch_size=tp.batch_size, seed=params.seed, epoch=epoch, steps=steps
-        ),
-        steps=steps,
-        samples=steps * tp.batch_size,
-    )
-    result = run_epochs(
+    result = fit(
         target,
-        train=data,
-        val=eval_batches(inputs_val, onehot_val, tp.batch_size),
-        epochs=tp.epochs,
-        early_stopping=tp.early_stopping,
-        batch_size=tp.batch_size,
+        tp,
+        rt,
         phase="train",
+        train=(inputs_train, y_train),
+        val=(inputs_val, y_val),
+        num_classes=spec.num_classes,
+        seed=params.seed,
         log_every=log_every,
         callbacks=callbacks,
     )
     if not is_chief():
         return {}
-    save_keras(rebuild_float32(spec, clf.model), paths.head_model)
-    metrics = write_reports(
-        paths.reports("train"),
+    metrics = save_and_report(
+        "train",
+        clf,
+        spec,
         result,
+        rt,
+        params,
+        model_path=paths.head_model,
+        reports=paths.reports("train"),
+        clock=clock,
         extra={"image_size": spec.image_size, "features": features},
-        timings={"total_seconds": round(clock.elapsed, 2), **timings, **rt.machine()},
-        texts={"summary.txt": summary_text(clf.model), "config.json": config_json(spec, rt.settings(), params)},
+        timings=timings,
     )
-    log.info(
-        "train: best val_accuracy %.4f at epoch %d of %d; %s written in %.0fs",
-        metrics["best"]["val_accuracy"],
-        result.best_epoch,
-        len(result.history),
-        paths.head_model,
-        clock.elapsed,
-    )
+    log_done("train", metrics, result, paths.head_model, clock)
     return metrics
 
 

@@ -52,6 +52,24 @@ def test_no_stage_module_imports_another() -> None:
         assert direct_imports(f"stages.{stage}") <= reached
 
 
+def test_no_import_circles() -> None:
+    """The import graph of stages/ and tlpipe/ (what runs, lazy imports included) has no cycle."""
+    modules = sorted(m for stage in STAGES for m in imported_modules(f"stages.{stage}"))
+    modules += [str(p.relative_to(REPO).with_suffix("")).replace("/", ".") for p in (REPO / "tlpipe").rglob("*.py")]
+    graph = {m: direct_imports(m) for m in set(modules) if not m.endswith("__init__")}
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        for dep in sorted(graph.get(module, ())):
+            assert dep not in path, f"import circle: {' -> '.join([*path[path.index(dep) :], dep])}"
+            if dep not in done:
+                visit(dep, [*path, dep])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [module])
+
+
 def test_modules_stay_small() -> None:
     sizes = {p: len(p.read_text().splitlines()) for d in ("stages", "flows", "tests") for p in (REPO / d).glob("*.py")}
     largest = sorted(((n, str(p.relative_to(REPO))) for p, n in sizes.items()), reverse=True)[:3]

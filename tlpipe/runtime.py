@@ -283,13 +283,6 @@ def float32_policy() -> Any:
     return _Scope()
 
 
-def format_seconds(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
 class Stopwatch:
     def __init__(self) -> None:
         self.start = time.perf_counter()

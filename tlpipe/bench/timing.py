@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -12,12 +12,15 @@ from tlpipe.config.benchmark import BenchmarkParams
 from tlpipe.export.contract import GPU_PROVIDERS
 from tlpipe.export.onnx_model import OnnxModel
 
-if TYPE_CHECKING:
-    from tlpipe.bench.keras_baseline import KerasBaseline
-
 log = logging.getLogger(__spec__.name)
 
 KERAS = "keras"
+
+
+class TimedModel(Protocol):
+    """What measure_interleaved times beside the ONNX sessions (tlpipe.bench.keras_baseline.KerasBaseline)."""
+
+    def time(self, batch_size: int, warmup: int, iterations: int, duration_s: float | None) -> list[float]: ...
 
 
 def time_calls(call, warmup: int, iterations: int, duration_s: float | None) -> list[float]:
@@ -86,7 +89,7 @@ def onnx_runner(model: OnnxModel, pixels: np.ndarray, io_binding: bool):
 
 
 def measure_interleaved(
-    onnx: dict[str, OnnxModel], keras: KerasBaseline | None, image_shape: tuple[int, ...], p: BenchmarkParams
+    onnx: dict[str, OnnxModel], keras: TimedModel | None, image_shape: tuple[int, ...], p: BenchmarkParams
 ) -> dict[tuple[str, int], list[float]]:
     """Seconds per call for every (model, batch size), the models taking turns in `p.rounds` rounds.
 

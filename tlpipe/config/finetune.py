@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from tlpipe.config.base import Section
-from tlpipe.config.training import AugmentParams, EarlyStoppingParams
+from tlpipe.config.training import AugmentParams, PhaseParams
 
 
 class UnfreezeParams(Section):
@@ -41,22 +41,19 @@ class ScheduleParams(Section):
     min_learning_rate: float = Field(0.0, ge=0)
 
 
-class FinetuneParams(Section):
+class FinetuneParams(PhaseParams):
     section: ClassVar[str] = "finetune"
 
     # false: models/model.keras is the head model as trained by the train stage.
     enabled: bool = True
     unfreeze: UnfreezeParams = UnfreezeParams(top_blocks=2)
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    # optimizer, weight_decay, momentum, label_smoothing, early_stopping: PhaseParams's; these
+    # three with fine-tuning's defaults.
     learning_rate: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    schedule: ScheduleParams = ScheduleParams()
     batch_size: int = Field(64, gt=0)
     epochs: int = Field(5, gt=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    schedule: ScheduleParams = ScheduleParams()
     augment: AugmentParams = AugmentParams()
-    early_stopping: EarlyStoppingParams = EarlyStoppingParams()
     # Cap on training steps per epoch (null: the whole split). For quick runs on CPU.
     steps_per_epoch: int | None = Field(None, gt=0)
     # Save a resumable backup (weights, optimizer, position) every N training steps, and at every

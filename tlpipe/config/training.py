@@ -26,3 +26,17 @@ class AugmentParams(Section):
     rotation: float = Field(0.0, ge=0, lt=1)
     zoom: float = Field(0.0, ge=0, lt=1)
     contrast: float = Field(0.0, ge=0, lt=1)
+
+
+class PhaseParams(Section):
+    """The fields of one training phase, shared by `train` and `finetune` (tlpipe.training.phase
+    reads them); each section sets its own defaults and adds its own fields."""
+
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    batch_size: int = Field(128, gt=0)
+    epochs: int = Field(10, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    early_stopping: EarlyStoppingParams = EarlyStoppingParams()

@@ -36,6 +36,12 @@ SPLIT_ALIASES = {
 }
 
 
+def resized_to(data: DataParams) -> list | None:
+    """What the source info records of the resize ingest did (data.image_size), read back by the
+    export's metadata and predict: [size, size, resize_mode], or None for native sizes."""
+    return [data.image_size, data.image_size, data.resize_mode] if data.image_size else None
+
+
 def class_order(names: set[str]) -> list[str]:
     """CIFAR-10's own order when the classes are CIFAR-10's, sorted otherwise."""
     return list(CIFAR10_CLASSES) if names == set(CIFAR10_CLASSES) else sorted(names)
@@ -98,7 +104,7 @@ def read_class_folders(path: Path, data: DataParams) -> RawDataset:
             "kind": "folder",
             "sha256": digest,
             "converted_to_rgb": dict(converted),
-            "resized_to": [data.image_size, data.image_size, data.resize_mode] if data.image_size else None,
+            "resized_to": resized_to(data),
             "skipped_files": skipped,
         },
     )

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from tlpipe.data.archives import iter_entries, safe_member_name
-from tlpipe.data.folders import IMAGE_SUFFIXES, class_order, decode_split
+from tlpipe.data.folders import IMAGE_SUFFIXES, class_order, decode_split, resized_to
 from tlpipe.data.raw import RawDataset, RawSplit, check_trainable, verify_sha256
 from tlpipe.util.errors import DataError
 from tlpipe.util.hashing import sha256_file
@@ -200,7 +200,7 @@ def read_labelled(path: Path, data: DataParams) -> RawDataset:
             "sha256": digest,
             "labels_files": {s: str(f) for s, (f, _) in sources.items()},
             "converted_to_rgb": dict(converted),
-            "resized_to": [data.image_size, data.image_size, data.resize_mode] if data.image_size else None,
+            "resized_to": resized_to(data),
             "skipped_unlisted": skipped,
             "labels": data.labels.model_dump(),
         },

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tlpipe.config.export import Int8Params
 from tlpipe.data.dataset import load_split
 from tlpipe.export.contract import INPUT_NAME
 from tlpipe.paths import Paths
+
+if TYPE_CHECKING:
+    from tlpipe.config.export import Int8Params
 
 
 def to_fp16(fp32_path: Path, out_path: Path) -> None:

@@ -33,6 +33,7 @@ from tlpipe.paths import Paths
 from tlpipe.predict.inputs import batches, image_decoder, open_inputs, prefetch
 from tlpipe.predict.outputs import SubmissionWriter, TableWriter, probabilities_path, summary_path
 from tlpipe.util.atomic import atomic_file, write_json
+from tlpipe.util.durations import format_seconds
 from tlpipe.util.errors import DataError, ModelError
 
 log = logging.getLogger(__spec__.name)
@@ -69,14 +70,9 @@ class Progress:
         if self.total:
             eta = (self.total - self.done) / max(rate, 1e-9)
             done, total = f"{self.done:,}", f"{self.total:,}"
-            log.info("predict: %s/%s images, %.0f images/s, ETA %s", done, total, rate, _hms(eta))
+            log.info("predict: %s/%s images, %.0f images/s, ETA %s", done, total, rate, format_seconds(eta))
         else:
             log.info("predict: %s images, %.0f images/s", f"{self.done:,}", rate)
-
-
-def _hms(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m // 60}h{m % 60:02d}m{s:02d}s" if m >= 60 else f"{m}m{s:02d}s"
 
 
 def predict(

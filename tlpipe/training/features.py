@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from tlpipe.model.classifier import ModelSpec
-from tlpipe.runtime import format_seconds
 from tlpipe.util.atomic import atomic_file, write_json
+from tlpipe.util.durations import format_seconds
 
 log = logging.getLogger(__spec__.name)
 

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from tlpipe.config.training import EarlyStoppingParams
-from tlpipe.runtime import format_seconds
 from tlpipe.training.backups import Backups, LoopState, restore_epoch_metrics_callback
+from tlpipe.util.durations import format_seconds
 
 log = logging.getLogger(__spec__.name)
 
