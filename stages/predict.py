@@ -4,16 +4,8 @@
     python -m stages.predict cifar-10.zip --folder test --format submission -o submission.csv
     python -m stages.predict 'photos/**/*.jpg' --variant int8 --probabilities
 
-Images are prepared exactly as the training images were: decoded by the code ingest uses
-(tlpipe.data.images, RGB conversion included) and, when ingest resized them (data.image_size), resized
-the same way, as the model's metadata records (`resized_to`); the model does the rest inside
-(resize to the backbone's size, preprocess_input). Decoding runs on helper threads while
-onnxruntime runs the previous batch, on the first provider of `predict.providers` that loads.
-Memory stays flat whatever the number of images (tlpipe.predict.inputs).
-
-An unreadable image (corrupt, truncated, a lying header, an animation) gets its row with the
-error and is counted in the summary; `predict.on_error: fail` makes it fatal instead, and then
-nothing is written. Outputs: the CSV (tlpipe.predict.outputs) and `<output>.summary.json`.
+The command line of tlpipe.predict.run: flags override `predict.*` of params.yaml; bad input is
+one line on stderr and exit status 1 (stages.cli).
 """
 
 from __future__ import annotations

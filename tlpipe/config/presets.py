@@ -1,17 +1,8 @@
-"""Named parameter presets (presets/<name>.yaml): loaded, checked, and turned into `dvc exp run -S key=value`
-overrides; the command line is stages.presets.
+"""Named parameter presets (presets/<name>.yaml): loaded, checked against the schema (merged over
+params.yaml), and turned into `dvc exp run -S key=value` overrides (stages.presets prints them).
 
-params.yaml is the CPU preset; a preset file holds only what differs from it. Printing the
-overrides (instead of switching files) keeps every run a DVC experiment over the same
-params.yaml, comparable in `dvc exp show`:
-
-    python -m stages.presets                    # list the presets
-    python -m stages.presets gpu                # -S backbone=convnext_tiny -S model.image_scale=1.0 ...
-    python -m stages.presets gpu --command      # the whole `dvc exp run -n gpu -S ...` line
-    python -m stages.presets gpu --runtime      # precision and XLA it gets on common GPU machines
-    python -m stages.presets gpu | xargs dvc exp run -n gpu
-
-A preset is checked against the schema (merged over params.yaml) before anything is printed.
+params.yaml is the CPU preset; a preset file holds only what differs from it. Overrides, instead
+of switched files, keep every run a DVC experiment over the same params.yaml.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
 """Batch prediction: the exported ONNX model on unlabeled images (stages.predict is its command line).
 
-    python -m stages.predict path/to/images -o predictions.csv          # a directory, archive or glob
-    python -m stages.predict cifar-10.zip --folder test --format submission -o submission.csv
-    python -m stages.predict 'photos/**/*.jpg' --variant int8 --probabilities
-
 Images are prepared exactly as the training images were: decoded by the code ingest uses
 (tlpipe.data.images, RGB conversion included) and, when ingest resized them (data.image_size), resized
 the same way, as the model's metadata records (`resized_to`); the model does the rest inside

@@ -2,7 +2,7 @@
 
 Every epoch's order comes from `numpy.random.default_rng([seed, epoch])` and every batch's
 augmentation from stateless TF random ops seeded with (seed, epoch, step). Nothing depends on
-what ran before, so a run resumed mid-epoch (stages.fit) sees exactly the batches an
+what ran before, so a run resumed mid-epoch (tlpipe.training.loop) sees exactly the batches an
 uninterrupted run would have seen, and the same params give the same batches on every machine.
 
 Augmentation runs on native-size uint8 images (cheap: 32×32 for CIFAR-10), before the model's
