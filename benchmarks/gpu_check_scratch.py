@@ -78,7 +78,8 @@ def make_scratch(dest: Path, gpu: bool, weights_dir: Path) -> Path:
     images = make_images(dest.parent / "image-tree", classes=4 if gpu else 3, per_class=per_class)
     tar_tree(images, dest.parent / "images.tar.gz")
     shutil.rmtree(images)
-    shutil.copytree(REPO / "stages", dest / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for code in ("stages", "tlpipe"):
+        shutil.copytree(REPO / code, dest / code, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", dest / "dvc.yaml")
     write_params(dest, tiny_params(gpu, weights_dir))
     return dest

@@ -36,7 +36,8 @@ def onnxruntime_facts() -> dict[str, Any]:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from stages.onnx_io import CPU, CUDA, TENSORRT, preload_gpu_libraries, session_providers
+    from tlpipe.export.contract import CPU, CUDA, TENSORRT
+    from tlpipe.export.onnx_model import preload_gpu_libraries, session_providers
 
     preload_gpu_libraries()
     graph = helper.make_graph(

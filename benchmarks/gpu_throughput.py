@@ -21,11 +21,11 @@ def measure(steps: int, overrides: dict | None = None) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from stages import runtime
-    from stages.model import build_classifier, resolve_spec
-    from stages.optim import compile_model, make_optimizer
-    from stages.params import deep_merge, parse_params
-    from stages.paths import Paths
+    from tlpipe import runtime
+    from tlpipe.config.params import deep_merge, parse_params
+    from tlpipe.model.classifier import build_classifier, resolve_spec
+    from tlpipe.paths import Paths
+    from tlpipe.training.optim import compile_model, make_optimizer
 
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     preset = yaml.safe_load((REPO / "presets" / "gpu.yaml").read_text())

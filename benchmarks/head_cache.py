@@ -2,7 +2,7 @@
 
 Real data (data/prepared, from the ingest stage) and the real MobileNetV2 α=1.0 ImageNet weights
 (../shared/weights), at the image size params.yaml resolves (96 px in the CPU preset). Both
-epochs run the same head, optimizer, batch size and batches (stages.augment), through the same
+epochs run the same head, optimizer, batch size and batches (tlpipe.training.augment), through the same
 code the train stage uses; each is timed after a warm-up step, so tracing is not counted. The
 one-off cost of filling the cache (a backbone forward pass over the split) is printed too.
 
@@ -23,8 +23,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.params import load_params, with_overrides
-from stages.paths import Paths
+from tlpipe.config.params import load_params, with_overrides
+from tlpipe.paths import Paths
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobilenet_v2_1.0_224_no_top.weights.h5"
 
@@ -44,13 +44,13 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
-    from stages.augment import steps_per_epoch, training_batches
-    from stages.dataset import load_info, load_split
-    from stages.features import compute_features
-    from stages.model import build_classifier, resolve_spec
-    from stages.optim import compile_model, make_optimizer
-    from stages.runtime import configure
-    from stages.training import one_hot
+    from tlpipe.data.dataset import load_info, load_split
+    from tlpipe.model.classifier import build_classifier, resolve_spec
+    from tlpipe.runtime import configure
+    from tlpipe.training.augment import steps_per_epoch, training_batches
+    from tlpipe.training.data import one_hot
+    from tlpipe.training.features import compute_features
+    from tlpipe.training.optim import compile_model, make_optimizer
 
     paths = Paths()
     params = with_overrides(

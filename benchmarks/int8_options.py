@@ -42,12 +42,12 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="names of the configs to run (default: all)")
     args = ap.parse_args()
 
-    from stages.bench_timing import onnx_runner, random_pixels, summarise, time_calls
-    from stages.dataset import load_split
-    from stages.onnx_io import open_model
-    from stages.params_outputs import Int8Params
-    from stages.paths import Paths
-    from stages.quantize import calibration_images, to_int8
+    from tlpipe.bench.timing import onnx_runner, random_pixels, summarise, time_calls
+    from tlpipe.config.export import Int8Params
+    from tlpipe.data.dataset import load_split
+    from tlpipe.export.onnx_model import open_model
+    from tlpipe.export.quantize import calibration_images, to_int8
+    from tlpipe.paths import Paths
 
     paths = Paths(args.project)
     x, y = load_split(paths.prepared, "test")

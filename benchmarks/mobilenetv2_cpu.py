@@ -4,7 +4,7 @@
     python benchmarks/mobilenetv2_cpu.py --size 224
     python benchmarks/mobilenetv2_cpu.py --size 224 --skip-build --set export.int8.format=qoperator
 
-1. Builds the pipeline's classifier (stages.model.build_classifier: 32×32 uint8-valued input,
+1. Builds the pipeline's classifier (tlpipe.model.classifier.build_classifier: 32×32 uint8-valued input,
    in-model resize to --size, MobileNetV2 preprocessing, MobileNetV2 α=1.0 with the ImageNet
    weights in ../shared/weights, average pooling, softmax head) and trains its head for a few
    epochs on backbone features of --train-images train images, so accuracies mean something.
@@ -49,10 +49,10 @@ def build(root: Path, params, train_images: int, epochs: int) -> None:
     import keras
     import numpy as np
 
-    from stages.dataset import load_info, load_split
-    from stages.model import build_classifier, resolve_spec
-    from stages.model_io import save_keras
-    from stages.paths import Paths
+    from tlpipe.data.dataset import load_info, load_split
+    from tlpipe.model.classifier import build_classifier, resolve_spec
+    from tlpipe.model.keras_io import save_keras
+    from tlpipe.paths import Paths
 
     info = load_info(root / "data" / "prepared")
     spec = resolve_spec(params, tuple(info.image_shape), info.num_classes, Paths(root))
@@ -102,7 +102,7 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    from stages.params import load_params, with_overrides
+    from tlpipe.config.params import load_params, with_overrides
 
     root = args.workdir / f"mobilenetv2_{args.size}"
     (root / "data").mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@
    memory, re-encoded as PNG, cycled past 50,000), or random pixels (`--pixels random`, or when
    the tarball is not there). `--images DIR` reuses a folder instead (`--keep` keeps the one made).
 2. Times onnxruntime alone on that model and batch size as the benchmark stage does
-   (stages.bench_timing: the benchmark.* providers, threads and graph optimisation, the same
+   (tlpipe.bench.timing: the benchmark.* providers, threads and graph optimisation, the same
    random batch run again and again), half before and half after step 3, so that a change of load
    on a shared machine hits both.
 3. Runs `python -m stages.predict DIR --format submission` on them in a child process (predict.*
@@ -83,9 +83,9 @@ def write_pngs(folder: Path, count: int, kind: str) -> float:
 
 def bare_onnxruntime(model_path: Path, batch_size: int, seconds: float, params: Any) -> tuple[list[float], str]:
     """Seconds per batch of onnxruntime alone, as the benchmark stage times one model; the provider."""
-    from stages.bench_timing import onnx_runner, random_pixels, time_calls
     from stages.benchmark import check_same_image_input
-    from stages.onnx_io import open_model
+    from tlpipe.bench.timing import onnx_runner, random_pixels, time_calls
+    from tlpipe.export.onnx_model import open_model
 
     p = params.benchmark
     model = open_model(
@@ -154,7 +154,7 @@ class Sampler:
 
 def run_predict(images: Path, model: Path, batch_size: int, params: Any, out_dir: Path, count: int) -> dict[str, Any]:
     """`python -m stages.predict` in a child process, sampled; its summary and memory figures."""
-    from stages.params import with_overrides
+    from tlpipe.config.params import with_overrides
 
     # Frequent progress lines: they tell when 10% of the images are done.
     params = with_overrides(params, predict={"log_every_seconds": 0.1 if count >= 20000 else 0.01})
@@ -212,9 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="write the JSON result here too")
     args = parser.parse_args(argv)
 
-    from stages.bench_report import HEADLINE_BATCH
-    from stages.bench_timing import summarise
-    from stages.params import Params, load_params
+    from tlpipe.bench.report import HEADLINE_BATCH
+    from tlpipe.bench.timing import summarise
+    from tlpipe.config.params import Params, load_params
 
     params_file = Path(args.params)
     params = load_params(params_file) if params_file.is_file() else Params()
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     result: dict[str, Any] = {"model": str(model), "batch_size": batch_size}
     try:
         if args.images:
-            from stages.predict_input import open_inputs
+            from tlpipe.predict.inputs import open_inputs
 
             images = Path(args.images).resolve()
             count = open_inputs(str(images)).total

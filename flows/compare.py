@@ -126,7 +126,7 @@ def compare_backbones(
     """Run one DVC experiment per backbone and rank them.
 
     Args:
-        backbones: registry names (stages/backbones.py), e.g. ["mobilenetv2", "mobilenet"].
+        backbones: registry names (tlpipe/model/backbones.py), e.g. ["mobilenetv2", "mobilenet"].
         overrides: `-S` overrides for every experiment, e.g. ["train.epochs=5"].
         backbone_overrides: extra overrides per backbone, e.g. {"mobilenetv2": ["model.alpha=0.35"]}.
         jobs: 1 runs the experiments one after the other (`dvc exp run --temp`); N > 1 queues them
@@ -220,7 +220,7 @@ def compare_backbones(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.compare", description=__doc__.split("\n")[0])
-    parser.add_argument("backbones", nargs="+", help="backbone names (stages/backbones.py)")
+    parser.add_argument("backbones", nargs="+", help="backbone names (tlpipe/model/backbones.py)")
     parser.add_argument(
         "-S",
         "--set-param",

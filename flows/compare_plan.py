@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flows.overrides import OverrideError, apply_overrides, check_backbone, override_keys, read_params
-from stages.presets import leaves
+from tlpipe.config.presets import leaves
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def escaping_path_overrides(root: Path, tracked_only: bool = True) -> list[str]:
     .dvc/tmp/exps/; a worker's scratch clone), where DVC resolves `../shared/...` from the copy
     and finds nothing. Made absolute, the path names the same files. Paths in params that DVC
     does not track, such as model.weights_dir, need no such fix: the stages resolve them from the
-    project the copy came from (stages.paths.Paths.resolve). A worker's scratch clone is no such
+    project the copy came from (tlpipe.paths.Paths.resolve). A worker's scratch clone is no such
     copy: with `tracked_only` false, every such path in params is made absolute.
     """
     params = read_params(root)

@@ -3,7 +3,7 @@
 `dvc exp run -S` parses overrides with Hydra's grammar and rewrites the params file in place,
 keeping its comments. The pipeline flow does the same through the same DVC functions, so that an
 override means exactly what it means on the command line, but checks the result against the
-params schema (stages/params.py) *before* touching the file: a typo fails here, naming the
+params schema (tlpipe/config/params.py) *before* touching the file: a typo fails here, naming the
 override, instead of leaving a broken params.yaml or failing an hour later in a stage.
 """
 
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import yaml
 
-DEFAULT_PARAMS_FILE = "params.yaml"
+from tlpipe.paths import PARAMS_FILE as DEFAULT_PARAMS_FILE
+from tlpipe.util.errors import first_line
 
 
 class OverrideError(ValueError):
@@ -44,7 +45,7 @@ def check_syntax(overrides: Sequence[str]) -> dict[str, list[str]]:
                 parsed = to_hydra_overrides([item])
             except Exception as err:  # noqa: BLE001 - hydra's OverrideParseException and friends
                 raise OverrideError(
-                    f"override {item!r}{_in(path)} is malformed ({_first_line(err)}); expected key=value, "
+                    f"override {item!r}{_in(path)} is malformed ({first_line(err)}); expected key=value, "
                     "e.g. 'train.epochs=3' (Hydra override syntax, as in `dvc exp run -S`)"
                 ) from None
             if any(p.is_sweep_override() for p in parsed):
@@ -105,7 +106,7 @@ def _write(source: Path, copy: Path, items: Sequence[str], rel: str) -> None:
 
 def check_params(path: Path, overrides: Sequence[str] = ()) -> None:
     """Validate a params file against the schema and the backbone registry."""
-    from stages.params import ParamsError, load_params
+    from tlpipe.config.params import ParamsError, load_params
 
     try:
         params = load_params(path)
@@ -119,7 +120,7 @@ def check_params(path: Path, overrides: Sequence[str] = ()) -> None:
 def check_backbone(name: str) -> None:
     """An unknown backbone fails here, not after the data stages ran."""
     try:
-        from stages.backbones import get_backbone
+        from tlpipe.model.backbones import get_backbone
     except ImportError:  # the registry is part of the training stages; without them, nothing to check
         return
     try:
@@ -140,8 +141,3 @@ def _in(path: str) -> str:
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]

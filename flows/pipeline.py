@@ -29,21 +29,24 @@ from prefect.tasks import exponential_backoff
 
 from flows import dvc_runner
 from flows.overrides import apply_overrides, read_params
-from stages.nested import flatten
+from tlpipe.data.sources import SOURCES
+from tlpipe.util.nested import flatten
 
 # The metrics shown at the end of a run (stage name = reports/<name>/, README: "The pipeline"); when a
 # pipeline has none of these stages, every stage's metrics are shown instead.
 SUMMARY_STAGES = ("evaluate", "benchmark")
 
-# Retrying helps only where the failure can be transient: ingest downloading CIFAR-10 through
-# Keras. A local archive, a validation failure or a training error fails the same way again.
+# Retrying helps only where the failure can be transient: ingest downloading its data (a source
+# that downloads, tlpipe.data.sources: CIFAR-10 through Keras). A local archive, a validation
+# failure or a training error fails the same way again.
 DOWNLOAD_RETRIES = 3
 DOWNLOAD_BACKOFF_S = 10  # 10 s, 20 s, 40 s
 
 
 def retries_for(stage: str, params: dict[str, Any]) -> int:
     data = params.get("data") or {}
-    return DOWNLOAD_RETRIES if stage == "ingest" and data.get("source", "keras") == "keras" else 0
+    source = SOURCES.get(data.get("source", "keras"))
+    return DOWNLOAD_RETRIES if stage == "ingest" and source is not None and source.downloads else 0
 
 
 @task(name="dvc-repro", task_run_name="{stage}", cache_policy=NO_CACHE)

@@ -23,10 +23,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from stages.params import Params, load_params, with_overrides
-from stages.paths import Paths
-from stages.predict import log as predict_log
-from stages.predict import predict
+from tlpipe.config.params import Params, load_params, with_overrides
+from tlpipe.paths import Paths
+from tlpipe.predict.run import log as predict_log
+from tlpipe.predict.run import predict
 
 ARTIFACT_ERRORS = 20  # unreadable images listed in the artifact (all are in the summary file)
 
@@ -52,7 +52,7 @@ def predict_images(
     images: str, output: str, project_dir: str, model: str | None, folder: str | None, settings: dict[str, Any]
 ) -> dict[str, Any]:
     root = Path(project_dir)
-    params = load_params(root / "params.yaml") if (root / "params.yaml").is_file() else Params()
+    params = load_params(Paths(root).params) if Paths(root).params.is_file() else Params()
     params = with_overrides(params, predict=settings) if settings else params
     with forwarded(get_run_logger()):
         return predict(

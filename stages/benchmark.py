@@ -3,8 +3,8 @@
 Every ONNX model the export stage wrote (models/model.onnx and models/variants/*.onnx) runs on
 the first usable provider of `benchmark.providers`; the provider the session really runs on is
 read back and recorded (onnxruntime falls back to CPU with only a log line). The same Keras model
-is timed in the same run, in a child process (stages.keras_baseline). Timing: stages.bench_timing;
-reports: stages.bench_report.
+is timed in the same run, in a child process (tlpipe.bench.keras_baseline). Timing: tlpipe.bench.timing;
+reports: tlpipe.bench.report.
 
 Timing depends on the machine and its load: this is the one stage whose outputs change from run
 to run. DVC reruns it only when the models, the params or this code change; re-measure on
@@ -17,17 +17,20 @@ Writes reports/benchmark/: results.json (machine, settings, every measurement), 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stages.atomic import atomic_dir, write_json
-from stages.bench_report import headline, machine_facts, markdown_table, plot
-from stages.bench_timing import KERAS, measure_interleaved, summarise
 from stages.cli import run_stage
-from stages.errors import ModelError
-from stages.keras_baseline import KerasBaseline
-from stages.onnx_io import OnnxModel, open_model
-from stages.params import Params
-from stages.paths import Paths
+from tlpipe.bench.keras_baseline import KerasBaseline
+from tlpipe.bench.report import headline, machine_facts, markdown_table, plot
+from tlpipe.bench.timing import KERAS, measure_interleaved, summarise
+from tlpipe.config.benchmark import BenchmarkParams
+from tlpipe.export.onnx_model import OnnxModel, open_model
+from tlpipe.paths import Paths
+from tlpipe.util.atomic import atomic_dir, write_json
+from tlpipe.util.errors import ModelError
+
+if TYPE_CHECKING:
+    from tlpipe.config.params import Params
 
 
 def onnx_models(paths: Paths) -> dict[str, Path]:
@@ -35,8 +38,8 @@ def onnx_models(paths: Paths) -> dict[str, Path]:
     if not paths.onnx_model.is_file():
         raise ModelError(f"{paths.onnx_model}: ONNX model not found; run the export stage first (dvc repro export)")
     found = {"onnx-fp32": paths.onnx_model}
-    for f in sorted(paths.variants.glob("model.*.onnx")):
-        found[f"onnx-{f.name.split('.')[1]}"] = f
+    for name, f in paths.variant_files().items():
+        found[f"onnx-{name}"] = f
     return found
 
 
@@ -101,7 +104,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
 
 
 def main() -> None:
-    run_stage(run)
+    run_stage(run, BenchmarkParams)
 
 
 if __name__ == "__main__":

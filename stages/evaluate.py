@@ -8,7 +8,7 @@ Writes reports/evaluate/:
 - plots/confusion.csv (one row per image, for `dvc plots`' confusion template) and
   plots/calibration.csv (reliability diagram data);
 - confusion_matrix.png, reliability_diagram.png, predictions_grid.png.
-Scores: stages.evaluate_metrics; pictures: stages.evaluate_plots.
+Scores: tlpipe.evaluation.metrics; pictures: tlpipe.evaluation.plots.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stages.atomic import atomic_dir, write_json
 from stages.cli import run_stage
-from stages.dataset import load_info, load_split
-from stages.evaluate_metrics import (
+from tlpipe.config.evaluate import EvaluateParams
+from tlpipe.data.dataset import load_info, load_split
+from tlpipe.evaluation.metrics import (
     TOP_K,
     calibration,
     confusion_matrix,
@@ -32,13 +32,16 @@ from stages.evaluate_metrics import (
     per_class_scores,
     top_k_accuracy,
 )
-from stages.evaluate_plots import plot_confusion, plot_predictions, plot_reliability
-from stages.model_io import keras_predict, load_keras_model
-from stages.params import Params
-from stages.paths import Paths
-from stages.tta import with_tta
+from tlpipe.evaluation.plots import plot_confusion, plot_predictions, plot_reliability
+from tlpipe.model.keras_io import keras_predict, load_keras_model
+from tlpipe.model.tta import with_tta
+from tlpipe.paths import Paths
+from tlpipe.util.atomic import atomic_dir, write_json
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from tlpipe.config.params import Params
+
+log = logging.getLogger(__spec__.name)
 
 
 def run(params: Params, paths: Paths) -> dict[str, Any]:
@@ -98,7 +101,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str] | None =
 
 
 def main() -> None:
-    run_stage(run)
+    run_stage(run, EvaluateParams)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,14 @@
 """export stage: models/model.keras -> models/model.onnx (+ fp16 / int8 variants), verified.
 
-- Conversion (stages.onnx_convert): tf2onnx, then the pipeline's interface (uint8 `pixels` in,
+- Conversion (tlpipe.export.convert): tf2onnx, then the pipeline's interface (uint8 `pixels` in,
   `probabilities` out, dynamic batch, class names in the metadata).
 - Parity: Keras and onnxruntime (CPU) on a seeded sample of test images; past the limits in
   `export.parity` the stage fails and writes nothing.
-- Variants (`export.variants`, stages.quantize): fp16 (weights and compute in float16, float32
+- Variants (`export.variants`, tlpipe.export.quantize): fp16 (weights and compute in float16, float32
   interface) and int8 (static quantization, calibrated on train images), each scored on the test
   split against float32; a drop past `export.max_variant_accuracy_drop` points fails the stage
   and writes nothing.
-- Test-time augmentation (`tta`, stages.tta) is inside the exported model, and said in its
+- Test-time augmentation (`tta`, tlpipe.model.tta) is inside the exported model, and said in its
   metadata with the backbone's input size; with TTA on, the single-view model is exported as
   the variant `single` (scored, not gated), so the benchmark shows what TTA costs.
 
@@ -23,24 +23,27 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stages.atomic import atomic_dir, atomic_file, write_json
 from stages.cli import run_stage
-from stages.dataset import load_info, load_split
-from stages.errors import ModelError
-from stages.model_io import keras_predict, load_keras_model
-from stages.onnx_convert import convert
-from stages.onnx_io import CPU, open_model
-from stages.params import Params
-from stages.params_outputs import ParityParams
-from stages.paths import Paths
-from stages.quantize import calibration_images, to_fp16, to_int8
-from stages.tta import with_tta
+from tlpipe.config.export import ExportParams, ParityParams
+from tlpipe.data.dataset import load_info, load_split
+from tlpipe.export.contract import CPU
+from tlpipe.export.convert import convert
+from tlpipe.export.onnx_model import open_model
+from tlpipe.export.variants import VARIANTS, Job
+from tlpipe.model.keras_io import keras_predict, load_keras_model
+from tlpipe.model.tta import with_tta
+from tlpipe.paths import Paths
+from tlpipe.util.atomic import atomic_dir, atomic_file, write_json
+from tlpipe.util.errors import ModelError
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from tlpipe.config.params import Params
+
+log = logging.getLogger(__spec__.name)
 
 
 class ParityError(ModelError):
@@ -140,22 +143,17 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         scores: dict[str, dict[str, float]] = {"fp32": score(reference, reference, y_eval, fp32_path)}
         # With TTA the single-view model is a variant too: the benchmark then shows what TTA costs.
         built = [*variants, *(["single"] if tta != "none" else [])]
+        job = Job(fp32_path=fp32_path, single=single, metadata=metadata, info=info, params=params, paths=paths)
         for variant in built:
-            out = scratch / f"model.{variant}.onnx"
+            out = scratch / paths.onnx_variant(variant).name
             t0 = time.perf_counter()
-            if variant == "fp16":
-                to_fp16(fp32_path, out)
-            elif variant == "int8":
-                calibration = calibration_images(paths, p.int8.calibration_images, params.seed)
-                to_int8(fp32_path, out, calibration=calibration, p=p.int8, batch_size=batch_size)
-            else:
-                onnx.save(convert(single, opset, info, {**metadata, "tta": "none"}), str(out))
+            VARIANTS[variant].build(job, out)
             timings[f"{variant}_build_s"] = round(time.perf_counter() - t0, 2)
             probs = open_model(out, [CPU], info=info).predict(x_eval, batch_size)
             scores[variant] = score(reference, probs, y_eval, out)
             drop = scores[variant]["accuracy_drop_points"]
             log.info("%s: %s", variant, scores[variant])
-            if drop > max_drop and variant != "single":  # single's drop is what TTA gains: reported, not gated
+            if drop > max_drop and VARIANTS[variant].gated:
                 raise VariantError(
                     f"{variant} variant loses {drop:.2f} points of top-1 against float32 on {n_eval} test images "
                     f"(accuracy {scores[variant]['accuracy']:.4f} against {scores['fp32']['accuracy']:.4f}; "
@@ -168,7 +166,8 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             fp32_path.replace(tmp)
         with atomic_dir(paths.variants) as tmp:
             for variant in built:
-                (scratch / f"model.{variant}.onnx").replace(tmp / f"model.{variant}.onnx")
+                name = paths.onnx_variant(variant).name
+                (scratch / name).replace(tmp / name)
     with atomic_dir(paths.reports("export")) as tmp:
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "timings.json", timings)
@@ -176,7 +175,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
 
 
 def main() -> None:
-    run_stage(run)
+    run_stage(run, ExportParams)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """finetune stage: from the trained head, unfreeze the top of the backbone and train end to end.
 
 Starts from models/head.keras; unfreezes what finetune.unfreeze names (top layers, top blocks,
-everything from a named block, or from a layer index; stages.unfreeze), keeps every BatchNorm
+everything from a named block, or from a layer index; tlpipe.model.unfreeze), keeps every BatchNorm
 frozen, and trains with augmentation at a lower learning rate (linear warmup, then cosine decay
 or constant) with early stopping. The best epoch's weights are kept on disk, and a resumable
 backup is written every finetune.backup_every_steps steps and at every epoch end
-(stages.backups): rerunning after a kill continues from the last backup. Writes
+(tlpipe.training.backups): rerunning after a kill continues from the last backup. Writes
 models/model.keras (float32, raw pixels in, probabilities out) and reports/finetune/.
 
 finetune.enabled: false makes models/model.keras a copy of the head model.
@@ -18,28 +18,33 @@ import json
 import logging
 import shutil
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stages.atomic import atomic_dir, atomic_file, json_text, write_json
-from stages.augment import eval_batches, steps_per_epoch, training_batches
-from stages.backups import Backups
 from stages.cli import run_stage
-from stages.errors import DataError, first_line
-from stages.hashing import sha256_file
-from stages.loop import EpochData, run_epochs
-from stages.model import build_classifier, rebuild_float32, resolve_spec, summary_text, with_weights
-from stages.model_io import save_keras
-from stages.optim import compile_model, make_optimizer, warmup_cosine
-from stages.params import RESULT_NEUTRAL_KEYS, Params
-from stages.paths import Paths
-from stages.runtime import Stopwatch, configure, is_chief
-from stages.train_reports import TIMINGS_FILE, write_reports
-from stages.training import config_json, load_training_data, one_hot
-from stages.unfreeze import unfreeze
+from tlpipe.config.finetune import FinetuneParams
+from tlpipe.config.load import RESULT_NEUTRAL_KEYS
+from tlpipe.config.model import ModelParams
+from tlpipe.config.runtime import RuntimeParams
+from tlpipe.model.classifier import build_classifier, resolve_spec, with_weights
+from tlpipe.model.unfreeze import unfreeze
+from tlpipe.paths import Paths
+from tlpipe.runtime import Stopwatch, configure, is_chief
+from tlpipe.training.augment import steps_per_epoch
+from tlpipe.training.backups import Backups
+from tlpipe.training.data import load_training_data
+from tlpipe.training.optim import warmup_cosine
+from tlpipe.training.phase import fit, log_done, save_and_report
+from tlpipe.training.reports import TIMINGS_FILE
+from tlpipe.util.atomic import atomic_dir, atomic_file, json_text, write_json
+from tlpipe.util.errors import DataError, first_line
+from tlpipe.util.hashing import sha256_file
 
-log = logging.getLogger("stages.finetune")  # not __main__ under python -m
+if TYPE_CHECKING:
+    from tlpipe.config.params import Params
+
+log = logging.getLogger(__spec__.name)  # its import name, never __main__
 
 
 def run(params: Params, paths: Paths, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
@@ -87,59 +92,43 @@ def run(params: Params, paths: Paths, callbacks: Sequence[Any] = ()) -> dict[str
         min_learning_rate=fp.schedule.min_learning_rate,
         constant=fp.schedule.kind == "constant",
     )
-    with rt.strategy.scope():
-        optimizer = make_optimizer(fp.optimizer, schedule, weight_decay=fp.weight_decay, momentum=fp.momentum)
-        compile_model(clf.model, optimizer, label_smoothing=fp.label_smoothing, jit_compile=rt.jit_compile)
-
-    onehot_train = one_hot(y_train, spec.num_classes)
-    data = EpochData(
-        make=lambda epoch: training_batches(
-            x_train,
-            onehot_train,
-            batch_size=fp.batch_size,
-            seed=params.seed,
-            epoch=epoch,
-            augment=fp.augment,
-            steps=steps,
-        ),
-        steps=steps,
-        samples=steps * fp.batch_size,
-    )
     chief = is_chief()
     backups = Backups(paths.checkpoints / "finetune", key=run_key(params, paths, info.fingerprints), enabled=chief)
-    result = run_epochs(
+    result = fit(
         clf.model,
-        train=data,
-        val=eval_batches(x_val, one_hot(y_val, spec.num_classes), fp.batch_size),
-        epochs=fp.epochs,
-        early_stopping=fp.early_stopping,
-        batch_size=fp.batch_size,
+        fp,
+        rt,
         phase="finetune",
-        backups=backups,
-        backup_every_steps=fp.backup_every_steps,
+        train=(x_train, y_train),
+        val=(x_val, y_val),
+        num_classes=spec.num_classes,
+        seed=params.seed,
         log_every=params.runtime.log_every_seconds,
         callbacks=callbacks,
+        steps=steps,
+        learning_rate=schedule,
+        augment=fp.augment,
+        backups=backups,
+        backup_every_steps=fp.backup_every_steps,
         keep_last=fp.train_on_val,
     )
     if not chief:  # a non-chief worker of a multi-worker cluster: the chief writes everything
         return {}
-    save_keras(rebuild_float32(spec, clf.model), paths.model)
-    metrics = write_reports(
-        paths.reports("finetune"),
+    metrics = save_and_report(
+        "finetune",
+        clf,
+        spec,
         result,
+        rt,
+        params,
+        model_path=paths.model,
+        reports=paths.reports("finetune"),
+        clock=clock,
         extra={"enabled": 1, "image_size": spec.image_size, "train_on_val": int(fp.train_on_val), "unfrozen": unfrozen},
-        timings={"total_seconds": round(clock.elapsed, 2), **rt.machine()},
-        texts={"summary.txt": summary_text(clf.model), "config.json": config_json(spec, rt.settings(), params)},
+        timings={},
     )
     backups.clear()  # only once model.keras and the reports are in place
-    log.info(
-        "finetune: best val_accuracy %.4f at epoch %d of %d; %s written in %.0fs",
-        metrics["best"]["val_accuracy"],
-        result.best_epoch,
-        len(result.history),
-        paths.model,
-        clock.elapsed,
-    )
+    log_done("finetune", metrics, result, paths.model, clock)
     return metrics
 
 
@@ -179,7 +168,7 @@ def run_key(params: Params, paths: Paths, fingerprints: dict[str, str]) -> str:
 
 
 def main() -> None:
-    run_stage(run)
+    run_stage(run, ModelParams, FinetuneParams, RuntimeParams)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Sources (`data.source`): the CIFAR-10 python tarball downloaded by Keras (`keras`) or on disk
 (`cifar_python`), class-folder images (`folder`), and images named in a labels file
-(`labels_file`, Kaggle's layout: stages.labelled). Splits: stages.splits. Writes
-data/prepared/ (stages.dataset's contract), reports/ingest/metrics.json (counts, duplicates) and
+(`labels_file`, Kaggle's layout: tlpipe.data.labelled). Splits: tlpipe.data.splits. Writes
+data/prepared/ (tlpipe.data.dataset's contract), reports/ingest/metrics.json (counts, duplicates) and
 reports/ingest/timings.json.
 """
 
@@ -11,51 +11,47 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from stages.atomic import atomic_dir, write_json
-from stages.cifar import download_cifar_python, read_cifar_python
 from stages.cli import run_stage
-from stages.dataset import INFO_FILE, MANIFEST_FILE, SPLITS, images_file, labels_file
-from stages.errors import DataError
-from stages.folders import read_class_folders
-from stages.hashing import fingerprint
-from stages.labelled import read_labelled
-from stages.params import Params
-from stages.params_data import DataParams
-from stages.paths import Paths
-from stages.sources import RawDataset
-from stages.splits import make_splits
+from tlpipe.config.data import DataParams
+from tlpipe.data.dataset import INFO_FILE, MANIFEST_FILE, SPLITS, images_file, labels_file
+from tlpipe.data.raw import RawDataset
+from tlpipe.data.sources import get_source, source_names
+from tlpipe.data.splits import make_splits
+from tlpipe.paths import Paths
+from tlpipe.util.atomic import atomic_dir, write_json
+from tlpipe.util.errors import DataError
+from tlpipe.util.hashing import fingerprint
 
-log = logging.getLogger("stages.ingest")
+if TYPE_CHECKING:
+    from tlpipe.config.params import Params
+
+log = logging.getLogger(__spec__.name)
 
 
 def read_source(data: DataParams, paths: Paths) -> RawDataset:
     """Read the source that `data.source` names; the source info records data.path as written."""
     # DVC cannot make a params dependency depend on data.source: dvc.yaml lists the labels_file
     # options for every source, and they are read (so listed == read) whatever the source.
-    labels = data.labels.model_dump()
-    if data.image_size is not None and data.source not in ("folder", "labels_file"):
+    data.labels.model_dump()  # read whatever the source (dvc.yaml cannot list them per source)
+    source = get_source(data.source)
+    if data.image_size is not None and not source.image_files:
         raise DataError(
-            f"data.image_size={data.image_size} applies to image-file sources (folder, labels_file) only; CIFAR-10 "
-            f"({data.source!r}) is used at its native 32×32 and the model resizes it (model.image_size)"
+            f"data.image_size={data.image_size} applies to image-file sources "
+            f"({', '.join(source_names(lambda s: s.image_files))}) only; {source.about} "
+            f"({data.source!r}) is used at its native {source.native_size} and the model resizes it (model.image_size)"
         )
-    if data.source == "keras":
-        raw = read_cifar_python(download_cifar_python(data.path, data.sha256), data.sha256, kind="keras")
+    if source.downloads:
+        raw = source.read(data.path, data)
     else:
         path = paths.resolve(data.path)
         if not path.exists():
             raise DataError(f"data.path: {path} does not exist (data.source is {data.source!r})")
-        if data.source == "cifar_python":
-            raw = read_cifar_python(path, data.sha256)
-        elif data.source == "labels_file":
-            raw = read_labelled(path, data)
-        else:
-            raw = read_class_folders(path, data)
-    if data.source == "labels_file":
-        raw.source["labels"] = labels
+        raw = source.read(path, data)
     raw.source = {"kind": raw.source.pop("kind"), "path": data.path, **raw.source}
     return raw
 
@@ -112,7 +108,7 @@ def run(params: Params, paths: Paths) -> dict:
 
 
 def main() -> None:
-    run_stage(run)
+    run_stage(run, DataParams)
 
 
 if __name__ == "__main__":

@@ -12,21 +12,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stages.atomic import atomic_dir
-from stages.backbones import get_backbone, resolve_image_size
 from stages.cli import run_stage
-from stages.dataset import load_info
-from stages.hashing import md5_file
-from stages.params import Params
-from stages.paths import Paths
+from tlpipe.config.data import DataParams
+from tlpipe.config.finetune import FinetuneParams
+from tlpipe.config.model import ModelParams
+from tlpipe.config.train import TrainParams
+from tlpipe.data.dataset import load_info
+from tlpipe.model.backbones import get_backbone, resolve_image_size
+from tlpipe.paths import Paths
+from tlpipe.util.atomic import atomic_dir
+from tlpipe.util.hashing import md5_file
 
 INTENDED_USE = (
     "Classifying small RGB photographs into the classes listed below, as a baseline and a worked example "
     "of a reproducible transfer-learning pipeline. Inputs are uint8 RGB images, NHWC, at the training "
     "data's native size; the model resizes and normalises them itself."
 )
+
+if TYPE_CHECKING:
+    from tlpipe.config.params import Params
 LIMITS = [
     "Trained and tested on one data source only (see Data): accuracy on other cameras, resolutions or "
     "class definitions is unknown.",
@@ -180,7 +186,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
 
 
 def main() -> None:
-    run_stage(run)
+    run_stage(run, DataParams, ModelParams, TrainParams, FinetuneParams)
 
 
 if __name__ == "__main__":

@@ -1,34 +1,35 @@
 """train stage: a classifier head on a frozen ImageNet backbone.
 
 The backbone's pooled features are computed once per (backbone, weights, size, data) and cached
-(stages.features); the head then trains on the cache, in seconds instead of a backbone forward
+(tlpipe.training.features); the head then trains on the cache, in seconds instead of a backbone forward
 pass per image per epoch. `train.cache_features: false` trains the same model through the frozen
 backbone instead (tests/test_train.py checks both give the same weights).
 
 Reads data/prepared; writes models/head.keras (the full model: raw pixels in, probabilities out,
-backbone frozen) and reports/train/ (stages.train_reports).
+backbone frozen) and reports/train/ (tlpipe.training.reports).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stages.augment import eval_batches, steps_per_epoch, training_batches
 from stages.cli import run_stage
-from stages.features import cache_dir, cache_file, cached_features
-from stages.loop import EpochData, run_epochs
-from stages.model import build_classifier, rebuild_float32, resolve_spec, summary_text
-from stages.model_io import save_keras
-from stages.optim import compile_model, make_optimizer
-from stages.params import Params
-from stages.paths import Paths
-from stages.runtime import Stopwatch, configure, is_chief
-from stages.train_reports import write_reports
-from stages.training import config_json, load_training_data, one_hot
+from tlpipe.config.model import ModelParams
+from tlpipe.config.runtime import RuntimeParams
+from tlpipe.config.train import TrainParams
+from tlpipe.model.classifier import build_classifier, resolve_spec
+from tlpipe.paths import Paths
+from tlpipe.runtime import Stopwatch, configure, is_chief
+from tlpipe.training.data import load_training_data
+from tlpipe.training.features import cache_dir, cache_file, cached_features
+from tlpipe.training.phase import fit, log_done, save_and_report
 
-log = logging.getLogger("stages.train")  # not __main__ under python -m
+if TYPE_CHECKING:
+    from tlpipe.config.params import Params
+
+log = logging.getLogger(__spec__.name)  # its import name, never __main__
 
 
 def run(params: Params, paths: Paths, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
@@ -76,53 +77,39 @@ def run(params: Params, paths: Paths, callbacks: Sequence[Any] = ()) -> dict[str
     else:
         inputs_train, inputs_val, target = x_train, x_val, clf.model
 
-    onehot_train = one_hot(y_train, spec.num_classes)
-    onehot_val = one_hot(y_val, spec.num_classes)
-    with rt.strategy.scope():
-        optimizer = make_optimizer(tp.optimizer, tp.learning_rate, weight_decay=tp.weight_decay, momentum=tp.momentum)
-        compile_model(target, optimizer, label_smoothing=tp.label_smoothing, jit_compile=rt.jit_compile)
-    steps = steps_per_epoch(len(inputs_train), tp.batch_size)
-    data = EpochData(
-        make=lambda epoch: training_batches(
-            inputs_train, onehot_train, batch_size=tp.batch_size, seed=params.seed, epoch=epoch, steps=steps
-        ),
-        steps=steps,
-        samples=steps * tp.batch_size,
-    )
-    result = run_epochs(
+    result = fit(
         target,
-        train=data,
-        val=eval_batches(inputs_val, onehot_val, tp.batch_size),
-        epochs=tp.epochs,
-        early_stopping=tp.early_stopping,
-        batch_size=tp.batch_size,
+        tp,
+        rt,
         phase="train",
+        train=(inputs_train, y_train),
+        val=(inputs_val, y_val),
+        num_classes=spec.num_classes,
+        seed=params.seed,
         log_every=log_every,
         callbacks=callbacks,
     )
     if not is_chief():
         return {}
-    save_keras(rebuild_float32(spec, clf.model), paths.head_model)
-    metrics = write_reports(
-        paths.reports("train"),
+    metrics = save_and_report(
+        "train",
+        clf,
+        spec,
         result,
+        rt,
+        params,
+        model_path=paths.head_model,
+        reports=paths.reports("train"),
+        clock=clock,
         extra={"image_size": spec.image_size, "features": features},
-        timings={"total_seconds": round(clock.elapsed, 2), **timings, **rt.machine()},
-        texts={"summary.txt": summary_text(clf.model), "config.json": config_json(spec, rt.settings(), params)},
+        timings=timings,
     )
-    log.info(
-        "train: best val_accuracy %.4f at epoch %d of %d; %s written in %.0fs",
-        metrics["best"]["val_accuracy"],
-        result.best_epoch,
-        len(result.history),
-        paths.head_model,
-        clock.elapsed,
-    )
+    log_done("train", metrics, result, paths.head_model, clock)
     return metrics
 
 
 def main() -> None:
-    run_stage(run)
+    run_stage(run, ModelParams, TrainParams, RuntimeParams)
 
 
 if __name__ == "__main__":

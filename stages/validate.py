@@ -1,7 +1,7 @@
 """validate stage: a great-expectations suite over per-image statistics of `data/prepared/`.
 
 One row per image (split, label, size, dtype, pixel mean/std, content hash); the suite
-(stages.validate_suite) checks labels, class presence and balance, shapes, blank images,
+(tlpipe.data.validation) checks labels, class presence and balance, shapes, blank images,
 duplicates within a split and images shared between splits (leakage). It writes the validation
 result (JSON), Data Docs (HTML) and metrics to `reports/validate/`, then fails with the list of
 violated expectations, so nothing downstream runs on bad data.
@@ -20,19 +20,17 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stages.atomic import atomic_dir, atomic_file, json_text, write_json
 from stages.cli import run_stage
-from stages.dataset import load_info
-from stages.errors import DataError
-from stages.params import Params
-from stages.paths import Paths
-from stages.validate_suite import build_suites, class_count_table, describe_failure, image_table
+from tlpipe.config.validate import ValidateParams
+from tlpipe.data.dataset import load_info
+from tlpipe.data.validation import build_suites, class_count_table, describe_failure, image_table
+from tlpipe.paths import Paths
+from tlpipe.util.atomic import atomic_dir, atomic_file, json_text, write_json
+from tlpipe.util.errors import DataError
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-log = logging.getLogger("stages.validate")
-logging.getLogger("great_expectations").setLevel(logging.WARNING)
+log = logging.getLogger(__spec__.name)
 
 RUN_NAME = "validate"
 RUN_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
@@ -42,6 +40,9 @@ _VOLATILE = re.compile(
     r"|\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[+-]\d{2}:\d{2}|Z)?"  # 2026-12-03T08:11:32.370851+00:00
     r"|[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"  # random (version 4) uuids
 )
+
+if TYPE_CHECKING:
+    from tlpipe.config.params import Params
 
 
 class ValidationFailed(DataError):
@@ -56,6 +57,8 @@ def scrub(text: str) -> str:
 
 
 def run(params: Params, paths: Paths) -> dict:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # before great-expectations is imported
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import great_expectations as gx
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -114,7 +117,7 @@ def run(params: Params, paths: Paths) -> dict:
 
 
 def main() -> None:
-    run_stage(run)
+    run_stage(run, ValidateParams)
 
 
 if __name__ == "__main__":

@@ -65,9 +65,9 @@ def write_prepared(
     size: int = 32,
     seed: int = 0,
 ) -> None:
-    """Write a prepared-data directory in the ingest stage's format (stages/dataset.py)."""
-    from stages.dataset import images_file, labels_file
-    from stages.hashing import fingerprint
+    """Write a prepared-data directory in the ingest stage's format (tlpipe/data/dataset.py)."""
+    from tlpipe.data.dataset import images_file, labels_file
+    from tlpipe.util.hashing import fingerprint
 
     per_class = per_class or {"train": 20, "val": 5, "test": 5}
     prepared.mkdir(parents=True, exist_ok=True)

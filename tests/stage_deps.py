@@ -1,6 +1,6 @@
 """What each DVC stage really depends on, derived from the code: the project modules its module
-imports (directly or through others, lazily imported ones included) and, from a traced run, the
-params keys it reads. tests/test_dvc_yaml.py compares both with dvc.yaml.
+imports (directly or through others, lazily imported ones included, with the packages they live in)
+and, from a traced run, the params keys it reads. tests/test_dvc_yaml.py compares both with dvc.yaml.
 
     python -m tests.stage_deps            # print each stage's module deps, as dvc.yaml lists them
     python -m tests.stage_deps --write    # rewrite those lists in dvc.yaml (comments, data deps kept)
@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGE = "stages"
+PACKAGE = "stages"  # the entry points
+PACKAGES = (PACKAGE, "tlpipe")  # and the library beneath them
 
 
 def module_file(module: str) -> Path:
@@ -23,29 +24,36 @@ def module_file(module: str) -> Path:
 
 
 def direct_imports(module: str) -> set[str]:
-    """Project modules `module` imports anywhere in its body (function-level imports included)."""
+    """Project modules `module` imports anywhere in its body (function-level imports included), but
+    not those only type checkers import (`if TYPE_CHECKING:`): they never run."""
     tree = ast.parse(module_file(module).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            node.body = []
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.split(".")[0] == PACKAGE)
+            found.update(a.name for a in node.names if a.name.split(".")[0] in PACKAGES)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == PACKAGE:  # from stages import x
-                found.update(f"{PACKAGE}.{a.name}" for a in node.names)
-            elif node.module.split(".")[0] == PACKAGE:
+            if node.module.split(".")[0] in PACKAGES:
                 found.add(node.module)
+                # from stages import x, from tlpipe.data import folders: x may be a module
+                found.update(f"{node.module}.{a.name}" for a in node.names)
     return {m for m in found if module_file(m).is_file()}
 
 
 def imported_modules(module: str) -> set[str]:
-    """`module`, the package it lives in, and every project module it imports, transitively."""
+    """`module`, the packages it lives in, and every project module it imports, transitively (with
+    the packages those live in: importing a module runs its packages' __init__.py)."""
     seen: set[str] = set()
-    todo = [module, PACKAGE]
+    todo = [module]
     while todo:
         m = todo.pop()
         if m in seen:
             continue
         seen.add(m)
+        parts = m.split(".")
+        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
         todo.extend(direct_imports(m))
     return seen
 
@@ -56,21 +64,24 @@ def code_deps(stage: str) -> list[str]:
 
 
 def traced_reads(trace_dir: Path, stage: str) -> set[str]:
-    """The params keys a stage read in a run with TLPIPE_TRACE_READS=<trace_dir> (stages.tracing)."""
+    """The params keys a stage read in a run with TLPIPE_TRACE_READS=<trace_dir> (tlpipe.config.tracing)."""
     return set(json.loads((trace_dir / f"{stage}.json").read_text()))
 
 
+CODE_PREFIXES = tuple(f"- {p}/" for p in PACKAGES)
+
+
 def rewrite_code_deps(text: str) -> str:
-    """dvc.yaml's text with each stage's `- stages/….py` deps replaced by the derived list."""
+    """dvc.yaml's text with each stage's `- stages/….py` and `- tlpipe/….py` deps replaced by the derived list."""
     out: list[str] = []
     stage = None
     for line in text.splitlines():
         stripped = line.strip()
         if line.startswith("  ") and not line.startswith("   ") and stripped.endswith(":"):
             stage = stripped[:-1]
-        if stripped.startswith(f"- {PACKAGE}/") and stripped.endswith(".py") and stage:
+        if stripped.startswith(CODE_PREFIXES) and stripped.endswith(".py") and stage:
             indent = line[: len(line) - len(line.lstrip())]
-            if not out or not out[-1].strip().startswith(f"- {PACKAGE}/"):
+            if not out or not out[-1].strip().startswith(CODE_PREFIXES):
                 out += [f"{indent}- {f}" for f in code_deps(stage)]
             continue
         out.append(line)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.backbones import REGISTRY, get_backbone, resolve_image_size
 from tests.conftest import MOBILENET_V2_035
+from tlpipe.model.backbones import REGISTRY, get_backbone, resolve_image_size
 
 REQUIRED = {
     "vgg16",
@@ -72,7 +72,7 @@ def test_blocks_and_preprocessing(name: str) -> None:
     our built-in-layer preprocessing equals the backbone's own preprocess_input."""
     import keras
 
-    from stages.model import preprocessing_layers
+    from tlpipe.model.classifier import preprocessing_layers
 
     entry = get_backbone(name)
     alpha = 0.35 if name == "mobilenetv2" else (0.25 if name == "mobilenet" else None)
@@ -109,9 +109,9 @@ def test_blocks_and_preprocessing(name: str) -> None:
 
 @pytest.mark.skipif(not MOBILENET_V2_035.is_file(), reason="shared weights not available")
 def test_weights_file_of_another_backbone_is_a_clear_error(tmp_path) -> None:
-    from stages.model import build_backbone, resolve_spec
-    from stages.params import Params, with_overrides
-    from stages.paths import Paths
+    from tlpipe.config.params import Params, with_overrides
+    from tlpipe.model.classifier import build_backbone, resolve_spec
+    from tlpipe.paths import Paths
 
     params = with_overrides(Params(), backbone="mobilenetv2", model={"alpha": 1.0, "weights": str(MOBILENET_V2_035)})
     spec = resolve_spec(params, (32, 32, 3), 3, Paths(tmp_path))
@@ -127,9 +127,9 @@ def test_weights_file_of_another_backbone_is_a_clear_error(tmp_path) -> None:
 
 @pytest.mark.skipif(not MOBILENET_V2_035.is_file(), reason=f"the shared ImageNet weights are not at {MOBILENET_V2_035}")
 def test_weights_mirror_dir_is_used_for_imagenet(tmp_path) -> None:
-    from stages.model import resolve_spec
-    from stages.params import Params, with_overrides
-    from stages.paths import Paths
+    from tlpipe.config.params import Params, with_overrides
+    from tlpipe.model.classifier import resolve_spec
+    from tlpipe.paths import Paths
 
     params = with_overrides(
         Params(),

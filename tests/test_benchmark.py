@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from stages import bench_timing, benchmark
-from stages.errors import ModelError
-from stages.onnx_io import CPU, ProviderError, gpu_device_present, open_model
-from stages.params import ParamsError, parse_params, with_overrides
-from stages.paths import Paths
+from stages import benchmark
 from tests.tiny_models import tiny_params, tiny_project
+from tlpipe.bench import timing as bench_timing
+from tlpipe.config.params import ParamsError, parse_params, with_overrides
+from tlpipe.export.contract import CPU
+from tlpipe.export.onnx_model import ProviderError, gpu_device_present, open_model
+from tlpipe.paths import Paths
+from tlpipe.util.errors import ModelError
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.model import HEAD_LAYER
-from stages.paths import Paths
 from tests.conftest import write_prepared
 from tests.test_train import tiny_params
+from tlpipe.model.classifier import HEAD_LAYER
+from tlpipe.paths import Paths
 
 
 def snapshots():
@@ -110,7 +110,7 @@ def test_finetune_keeps_the_best_epochs_weights_not_the_last(head_trained, tmp_p
 
 
 def test_warmup_cosine_learning_rates_follow_the_formula() -> None:
-    from stages.optim import warmup_cosine
+    from tlpipe.training.optim import warmup_cosine
 
     lr, low, total, warmup = 0.1, 0.01, 10, 3
     schedule = warmup_cosine(lr, total_steps=total, warmup_steps=warmup, min_learning_rate=low, constant=False)

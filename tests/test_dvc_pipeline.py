@@ -16,7 +16,8 @@ from tests.inputs import make_class_tree, tar_tree
 
 def project_copy(dest: Path, data_path: Path) -> Path:
     """A fresh git+DVC repo holding the project's code and pipeline, pointed at `data_path`."""
-    shutil.copytree(REPO / "stages", dest / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for code in ("stages", "tlpipe"):
+        shutil.copytree(REPO / code, dest / code, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", dest / "dvc.yaml")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update(source="folder", path=str(data_path), sha256=None)

@@ -8,10 +8,11 @@ import pytest
 import yaml
 
 from flows.dvc_runner import read_pipeline
-from stages.hashing import md5_file
-from stages.params import RESULT_NEUTRAL_KEYS
 from tests.conftest import REPO
 from tests.stage_deps import code_deps, direct_imports, imported_modules, traced_reads
+from tlpipe.config.load import SECTIONS
+from tlpipe.config.params import RESULT_NEUTRAL_KEYS
+from tlpipe.util.hashing import md5_file
 
 STAGES = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
 
@@ -30,12 +31,43 @@ def test_dvc_yaml_lists_every_module_a_stage_runs_and_no_other(stage: str) -> No
     )
 
 
+def test_each_stage_runs_the_code_of_the_params_sections_it_reads_and_no_other() -> None:
+    """Params are read per section: a stage imports the module of each section its dvc.yaml params
+    name (tlpipe/config/<section>.py) and no other, so an edit to a section it does not read
+    (`predict`, read by no stage) reruns nothing."""
+    pipe = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for stage in STAGES:
+        keys = [k for entry in pipe[stage].get("params", []) for k in ([entry] if isinstance(entry, str) else [])]
+        read = {key.split(".")[0] for key in keys} & set(SECTIONS)
+        imported = {s for s in SECTIONS if f"tlpipe/config/{s}.py" in code_deps(stage)}
+        assert imported == read, f"{stage}: runs the code of sections {sorted(imported)}, reads {sorted(read)}"
+    assert not any("tlpipe/config/predict.py" in code_deps(stage) for stage in STAGES)
+
+
 def test_no_stage_module_imports_another() -> None:
     for stage in STAGES:
         others = {f"stages.{s}" for s in STAGES if s != stage}
         reached = imported_modules(f"stages.{stage}")
         assert not reached & others, f"stages.{stage} imports stage module(s) {sorted(reached & others)}"
         assert direct_imports(f"stages.{stage}") <= reached
+
+
+def test_no_import_circles() -> None:
+    """The import graph of stages/ and tlpipe/ (what runs, lazy imports included) has no cycle."""
+    modules = sorted(m for stage in STAGES for m in imported_modules(f"stages.{stage}"))
+    modules += [str(p.relative_to(REPO).with_suffix("")).replace("/", ".") for p in (REPO / "tlpipe").rglob("*.py")]
+    graph = {m: direct_imports(m) for m in set(modules) if not m.endswith("__init__")}
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        for dep in sorted(graph.get(module, ())):
+            assert dep not in path, f"import circle: {' -> '.join([*path[path.index(dep) :], dep])}"
+            if dep not in done:
+                visit(dep, [*path, dep])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [module])
 
 
 def test_modules_stay_small() -> None:

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages import evaluate, evaluate_metrics, evaluate_plots
-from stages.errors import ModelError
-from stages.paths import Paths
+from stages import evaluate
 from tests.tiny_models import CLASSES, tiny_params, tiny_project
+from tlpipe.evaluation import metrics as evaluate_metrics
+from tlpipe.evaluation import plots as evaluate_plots
+from tlpipe.paths import Paths
+from tlpipe.util.errors import ModelError
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,7 @@ def test_evaluate_stage_reports(project: Path) -> None:
 def test_evaluate_rejects_logits_and_missing_model(project: Path, prepared_dir: Path) -> None:
     with pytest.raises(ModelError, match="run the finetune stage first"):
         evaluate.run(tiny_params(), Paths(prepared_dir))
-    from stages.model_io import check_probabilities
+    from tlpipe.model.keras_io import check_probabilities
 
     with pytest.raises(ModelError, match="not class probabilities"):
         check_probabilities(np.array([[2.0, -1.0, 0.5]]), "m")

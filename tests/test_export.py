@@ -12,15 +12,16 @@ import numpy as np
 import pytest
 
 from stages import export
-from stages.dataset import load_info, load_split
-from stages.errors import ModelError
-from stages.model_io import keras_predict, load_keras_model
-from stages.onnx_io import CPU, INPUT_NAME, OUTPUT_NAME, ProviderError, gpu_device_present, open_model
-from stages.params import with_overrides
-from stages.params_outputs import ParityParams
-from stages.paths import Paths
-from stages.quantize import calibration_images, to_int8
 from tests.tiny_models import CLASSES, tiny_params, tiny_project
+from tlpipe.config.export import ParityParams
+from tlpipe.config.params import with_overrides
+from tlpipe.data.dataset import load_info, load_split
+from tlpipe.export.contract import CPU, INPUT_NAME, OUTPUT_NAME
+from tlpipe.export.onnx_model import ProviderError, gpu_device_present, open_model
+from tlpipe.export.quantize import calibration_images, to_int8
+from tlpipe.model.keras_io import keras_predict, load_keras_model
+from tlpipe.paths import Paths
+from tlpipe.util.errors import ModelError
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +207,7 @@ def test_onnx_matches_keras_on_the_test_split(project: Path) -> None:
 
 
 def test_the_int8_gate_fails_the_export_with_its_numbers_and_writes_nothing(project: Path, tmp_path: Path) -> None:
-    from stages.params import Params
+    from tlpipe.config.params import Params
 
     assert Params().export.max_variant_accuracy_drop == 3.0  # the documented default, not "no gate"
     root = fresh_copy(project, tmp_path)
@@ -240,7 +241,7 @@ def zero_points(path: Path) -> list[np.ndarray]:
 
 
 def test_the_gpu_int8_variant_is_signed_symmetric_and_passes_the_accuracy_gate(project: Path, tmp_path: Path) -> None:
-    from stages.params import ParamsError
+    from tlpipe.config.params import ParamsError
 
     # The CPU variant (the default, exported by the fixture): uint8 activations, asymmetric.
     cpu = zero_points(export.variant_path(Paths(project), "int8"))

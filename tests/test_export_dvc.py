@@ -44,7 +44,8 @@ def dvc_project(tmp_path_factory) -> Path:
     shutil.copytree(source / "data" / "prepared", root / "data" / "prepared")
     (root / "models").mkdir()
     shutil.copy(source / "models" / "model.keras", root / "models" / "model.keras")
-    shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for code in ("stages", "tlpipe"):
+        shutil.copytree(REPO / code, root / code, ignore=shutil.ignore_patterns("__pycache__"))
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     dvc["stages"] = {k: v for k, v in dvc["stages"].items() if k in STAGES}
     (root / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))

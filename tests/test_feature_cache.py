@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.paths import Paths
 from tests.conftest import MOBILENET_V2_035, write_prepared
 from tests.test_train import tiny_params
+from tlpipe.paths import Paths
 
 
 def train_hit(root: Path, backbone: str = "mobilenetv2", **model) -> bool:

@@ -9,10 +9,11 @@ import keras
 import numpy as np
 
 from stages import finetune, train
-from stages.dataset import load_split
-from stages.paths import Paths
 from tests.test_best_weights import damage_before_last_validation, same, snapshots
 from tests.test_train import tiny_params
+from tlpipe.data.dataset import load_split
+from tlpipe.paths import Paths
+from tlpipe.training import phase
 
 
 class StepCounter(keras.callbacks.Callback):
@@ -34,13 +35,13 @@ def test_the_final_fit_trains_on_train_and_val_and_keeps_the_last_epoch(prepared
     train.run(tiny_params(), paths)
     # The images each epoch's batches are drawn from, as the stage hands them to the batcher.
     drawn: list[tuple[np.ndarray, np.ndarray]] = []
-    batches = finetune.training_batches
+    batches = phase.training_batches  # the training phase finetune runs (tlpipe.training.phase)
 
     def recording(x: np.ndarray, y: np.ndarray, **kwargs: Any) -> Any:
         drawn.append((np.asarray(x), np.asarray(y)))
         return batches(x, y, **kwargs)
 
-    monkeypatch.setattr(finetune, "training_batches", recording)
+    monkeypatch.setattr(phase, "training_batches", recording)
     counter, snap, damage = StepCounter(), snapshots(), damage_before_last_validation(3)
     # Early stopping that would stop after epoch 2 (no val_loss improves by 1e6), and a last epoch
     # whose validation is made the worst of all: a run choosing on validation would keep epoch 1

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.paths import Paths
 from tests.conftest import write_prepared
 from tests.test_train import tiny_params, train_run, weights_of, written
+from tlpipe.paths import Paths
 
 
 class Killed(RuntimeError):
@@ -101,7 +101,7 @@ def test_finetune_trains_the_top_blocks_keeps_batchnorm_frozen_and_resumes_after
     state = json.loads((paths.checkpoints / "finetune" / "backup.json").read_text())
     assert (state["epoch"], state["step"]) == (1, 4)
 
-    with caplog.at_level(logging.INFO, logger="stages"):
+    with caplog.at_level(logging.INFO, logger="tlpipe"):
         resumed = finetune_run(params, paths)
     assert "finetune: resuming from epoch 2 step 4" in caplog.text
     assert timings(trained)["resumed"] == 1 and resumed["epochs_run"] == 2
@@ -117,7 +117,7 @@ def test_a_backup_made_under_other_params_is_discarded_not_resumed(trained: Path
         finetune_run(tiny_params(), paths, callbacks=[killer(3)])
     assert (paths.checkpoints / "finetune" / "backup.json").is_file()
 
-    with caplog.at_level(logging.INFO, logger="stages"):
+    with caplog.at_level(logging.INFO, logger="tlpipe"):
         finetune_run(tiny_params(finetune={"learning_rate": 3e-4}), paths)
     assert "discarding backup" in caplog.text and "it belongs to other params" in caplog.text
     assert "resuming" not in caplog.text and timings(trained)["resumed"] == 0

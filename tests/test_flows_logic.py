@@ -41,7 +41,7 @@ def test_a_backbone_override_leaves_the_data_stages_shared(pipe) -> None:
 
 
 def test_paths_dvc_tracks_become_absolute_and_the_others_resolve_from_the_origin(tmp_path) -> None:
-    from stages.paths import Paths
+    from tlpipe.paths import Paths
 
     root = tmp_path / "repo"
     root.mkdir()

@@ -1,5 +1,5 @@
 """The GPU-only code paths, run where an NVIDIA GPU is (skipped elsewhere: the `gpu` marker):
-mixed precision as stages.runtime.resolve picks it for these GPUs, the mirrored strategy over
+mixed precision as tlpipe.runtime.resolve picks it for these GPUs, the mirrored strategy over
 them, and onnxruntime on CUDA with IO binding."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ def test_mixed_precision_follows_the_gpus_and_mirrored_spans_every_gpu() -> None
     # A fresh process: a strategy and a precision policy are made once per process.
     code = """
 import json, tensorflow as tf
-from stages.params import Params
-from stages.runtime import configure
+from tlpipe.config.params import Params
+from tlpipe.runtime import configure
 from tests.tiny_project import tiny_params
 p = tiny_params(); p["runtime"].update(mixed_precision=True, strategy="mirrored")
 rt = configure(Params.model_validate(p))
@@ -33,7 +33,7 @@ print(json.dumps({"policy": rt.settings()["policy"], "xla": rt.settings()["xla"]
     got = json.loads(out.strip().splitlines()[-1])
     ccs = [tuple(cc) for cc in got["ccs"]]
     assert got["replicas"] == len(ccs) >= 1
-    # bfloat16 on Ampere and later; float16 loss scaling on one older GPU only (stages.runtime.resolve).
+    # bfloat16 on Ampere and later; float16 loss scaling on one older GPU only (tlpipe.runtime.resolve).
     if all(cc >= (8, 0) for cc in ccs):
         assert got["policy"] == "mixed_bfloat16"
     else:
@@ -60,8 +60,8 @@ def test_onnxruntime_runs_on_cuda_with_io_binding(tmp_path) -> None:
 import sys
 from pathlib import Path
 import numpy as np
-from stages.bench_timing import onnx_runner
-from stages.onnx_io import open_model
+from tlpipe.bench.timing import onnx_runner
+from tlpipe.export.onnx_model import open_model
 d = Path(sys.argv[1])
 assert "tensorflow" not in sys.modules
 cuda = open_model(d / "tiny.onnx", ["CUDAExecutionProvider"], allow_fallback=False, threads=0, graph_optimization="all")

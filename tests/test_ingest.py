@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from stages import ingest
-from stages.dataset import CIFAR10_CLASSES, load_info, load_split
-from stages.errors import DataError
-from stages.hashing import sha256_file
-from stages.params import ParamsError, parse_params
-from stages.paths import Paths
 from tests.conftest import REPO, synthetic_images
 from tests.inputs import bad_image, make_cifar_tarball, make_class_tree, save_image, tar_tree
+from tlpipe.config.params import ParamsError, parse_params
+from tlpipe.data.dataset import CIFAR10_CLASSES, load_info, load_split
+from tlpipe.paths import Paths
+from tlpipe.util.errors import DataError
+from tlpipe.util.hashing import sha256_file
 
 
 def params_for(path: Path, source: str = "folder", **data) -> object:

@@ -13,16 +13,16 @@ import pytest
 import yaml
 
 from stages import ingest, train, validate
-from stages.dataset import CIFAR10_CLASSES, load_info, load_split
-from stages.errors import DataError
-from stages.model_io import keras_predict, load_keras_model
-from stages.params import parse_params, with_overrides
-from stages.paths import Paths
 from tests.conftest import REPO, synthetic_images
 from tests.inputs import BAD_IMAGES, bad_image, make_class_tree, png_bytes, tar_tree
 from tests.kaggle import kaggle_zip, seven_zip
 from tests.test_ingest import assert_nothing_written
 from tests.test_train import tiny_params
+from tlpipe.config.params import parse_params, with_overrides
+from tlpipe.data.dataset import CIFAR10_CLASSES, load_info, load_split
+from tlpipe.model.keras_io import keras_predict, load_keras_model
+from tlpipe.paths import Paths
+from tlpipe.util.errors import DataError
 
 
 def labelled(path: Path, **labels) -> object:

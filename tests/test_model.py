@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.params import Params, with_overrides
 from tests.conftest import MOBILENET_V2_035
+from tlpipe.config.params import Params, with_overrides
 
 WEIGHTS = str(MOBILENET_V2_035) if MOBILENET_V2_035.is_file() else "none"
 
 
 def small_spec(tmp_path: Path, backbone: str = "mobilenetv2", size: int = 48, **model: object):
-    from stages.model import resolve_spec
-    from stages.paths import Paths
+    from tlpipe.model.classifier import resolve_spec
+    from tlpipe.paths import Paths
 
     alpha = {"alpha": 0.35} if backbone == "mobilenetv2" else {}
     weights = WEIGHTS if backbone == "mobilenetv2" else "none"
@@ -28,7 +28,7 @@ def small_spec(tmp_path: Path, backbone: str = "mobilenetv2", size: int = 48, **
 def test_saved_model_takes_pixels_and_loads_without_custom_objects(tmp_path: Path) -> None:
     import keras
 
-    from stages.model import build_classifier
+    from tlpipe.model.classifier import build_classifier
 
     clf = build_classifier(small_spec(tmp_path, interpolation="bicubic"))
     path = tmp_path / "model.keras"
@@ -49,9 +49,9 @@ def test_saved_model_takes_pixels_and_loads_without_custom_objects(tmp_path: Pat
 
 def test_backbone_runs_in_inference_mode_even_when_the_model_trains(tmp_path: Path) -> None:
     """Keras 3 passes training=True into nested models during fit; frozen BatchNorm ignores it."""
-    from stages.model import build_classifier
-    from stages.params_training import UnfreezeParams
-    from stages.unfreeze import unfreeze
+    from tlpipe.config.finetune import UnfreezeParams
+    from tlpipe.model.classifier import build_classifier
+    from tlpipe.model.unfreeze import unfreeze
 
     spec = small_spec(tmp_path, size=32)
     clf = build_classifier(spec)
@@ -70,8 +70,8 @@ def test_caffe_preprocessing_exports_to_onnx_with_a_single_input(tmp_path: Path)
     import onnxruntime as ort
     import tf2onnx
 
-    from stages.backbones import get_backbone
-    from stages.model import preprocessing_layers
+    from tlpipe.model.backbones import get_backbone
+    from tlpipe.model.classifier import preprocessing_layers
 
     inputs = keras.Input((32, 32, 3), name="image")
     x = keras.layers.Resizing(40, 40, name="resize")(inputs)
@@ -91,8 +91,8 @@ def test_caffe_preprocessing_exports_to_onnx_with_a_single_input(tmp_path: Path)
 def test_mixed_precision_models_are_saved_in_float32(tmp_path: Path) -> None:
     import keras
 
-    from stages.model import build_classifier, rebuild_float32
-    from stages.runtime import configure
+    from tlpipe.model.classifier import build_classifier, rebuild_float32
+    from tlpipe.runtime import configure
 
     spec = small_spec(tmp_path, size=32)
     rt = configure(with_overrides(Params(), runtime={"mixed_precision": True}))
@@ -112,7 +112,7 @@ def test_mixed_precision_models_are_saved_in_float32(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["none", "mirrored"])
 def test_strategies_build_on_cpu(kind: str) -> None:
-    from stages.runtime import make_strategy
+    from tlpipe.runtime import make_strategy
 
     assert make_strategy(kind).num_replicas_in_sync >= 1
 
@@ -124,8 +124,8 @@ def test_head_is_a_function_of_the_seed_alone(tmp_path: Path) -> None:
     seed gives another head."""
     import random
 
-    from stages.model import build_head
-    from stages.runtime import seed_everything
+    from tlpipe.model.classifier import build_head
+    from tlpipe.runtime import seed_everything
 
     spec = small_spec(tmp_path, size=32, head_units=[16], dropout=0.3)
 

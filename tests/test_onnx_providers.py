@@ -12,10 +12,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from stages.onnx_io import (
-    CPU,
-    CUDA,
-    TENSORRT,
+from tlpipe.export.contract import CPU, CUDA, TENSORRT
+from tlpipe.export.onnx_model import (
     ProviderError,
     gpu_device_present,
     model_facts,

@@ -9,9 +9,9 @@ from typing import Any
 import yaml
 from dvc.utils.hydra import apply_overrides
 
-from stages.params import load_params
-from stages.presets import hydra_value, leaves
 from tests.conftest import REPO
+from tlpipe.config.params import load_params
+from tlpipe.config.presets import hydra_value, leaves
 
 # Lists the schema allows empty: written as [] (`export.variants=[]` after another write once
 # turned the old flow-style `variants: [fp16, int8]` and the `int8:` block below it into invalid YAML).

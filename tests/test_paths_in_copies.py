@@ -9,13 +9,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from stages.paths import Paths
 from tests.conftest import REPO
 from tests.tiny_project import commit, run
+from tlpipe.paths import Paths
 
 # What the stage runs: where it is, and where `../weights` from params leads from there.
 RESOLVE = (
-    "import json, os, sys; sys.path.insert(0, {repo!r}); from stages.paths import Paths; "
+    "import json, os, sys; sys.path.insert(0, {repo!r}); from tlpipe.paths import Paths; "
     "json.dump({{'cwd': os.getcwd(), 'weights': str(Paths().resolve('../weights'))}}, open({out!r}, 'w'))"
 )
 

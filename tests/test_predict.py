@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.errors import DataError
-from stages.images import decode_image
-from stages.onnx_io import ProviderError, gpu_device_present, open_model
-from stages.params import Params, with_overrides
-from stages.paths import Paths
-from stages.predict import predict
 from tests.conftest import REPO, synthetic_images
 from tests.inputs import BAD_IMAGES, bad_image, png_bytes
 from tests.kaggle import kaggle_zip
 from tests.tiny_models import CLASSES, tiny_project
+from tlpipe.config.params import Params, with_overrides
+from tlpipe.data.images import decode_image
+from tlpipe.export.onnx_model import ProviderError, gpu_device_present, open_model
+from tlpipe.paths import Paths
+from tlpipe.predict.run import predict
+from tlpipe.util.errors import DataError
 
 
 @pytest.fixture(scope="module")

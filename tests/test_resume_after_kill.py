@@ -42,7 +42,7 @@ def kill_after_the_first_step_backup(backups):
 
 
 if running("stages.finetune"):
-    after_import("stages.backups", kill_after_the_first_step_backup)
+    after_import("tlpipe.training.backups", kill_after_the_first_step_backup)
 """
 
 

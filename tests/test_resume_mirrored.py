@@ -28,7 +28,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import numpy as np
 
 from stages import finetune
-from stages.paths import Paths
+from tlpipe.paths import Paths
 from tests.conftest import write_prepared
 from tests.test_finetune import Killed, killer
 from tests.test_train import tiny_params, train_run, weights_of

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from stages.params import Params
-from stages.runtime import cluster_size, configure, is_chief
 from tests.tiny_project import tiny_params
+from tlpipe.config.params import Params
+from tlpipe.runtime import cluster_size, configure, is_chief
 
 
 def tf_config(cluster: dict[str, list[str]], kind: str, index: int) -> str:

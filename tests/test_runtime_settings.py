@@ -1,4 +1,4 @@
-"""The precision policy and XLA a run gets (stages.runtime.resolve), for GPU machines this one is
+"""The precision policy and XLA a run gets (tlpipe.runtime.resolve), for GPU machines this one is
 not: the GPU preset must never combine XLA with a tf.distribute strategy, nor float16 loss scaling
 with several replicas, and bfloat16 is used wherever the hardware has it."""
 
@@ -9,10 +9,11 @@ import shlex
 import pytest
 import yaml
 
-from stages import presets
-from stages.params import with_overrides
-from stages.runtime import configure, resolve
+from stages import presets as presets_cli
 from tests.conftest import REPO
+from tlpipe.config import presets
+from tlpipe.config.params import with_overrides
+from tlpipe.runtime import configure, resolve
 
 
 def gpu_preset(**runtime: object):
@@ -66,12 +67,12 @@ def test_the_gpu_preset_never_combines_xla_with_a_strategy_or_loss_scaling_with_
 
 
 def test_presets_cli_prints_the_gpu_settings_and_their_resolution(capsys) -> None:
-    presets.main(["gpu"])
+    presets_cli.main(["gpu"])
     words = dict(w.split("=", 1) for w in shlex.split(capsys.readouterr().out) if w != "-S")
     # params.yaml's strategy (none) is kept: one GPU, XLA on, mixed precision resolved per GPU.
     assert "runtime.strategy" not in words and words["runtime.xla"] == "true"
     assert words["runtime.mixed_precision"] == "true" and words["runtime.deterministic"] == "false"
-    presets.main(["gpu", "--runtime"])
+    presets_cli.main(["gpu", "--runtime"])
     out = capsys.readouterr().out
     assert "1 GPU, compute capability >= 8.0 (A100, L4, H100): 1 replica(s), policy mixed_bfloat16, xla true" in out
 

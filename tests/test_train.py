@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
-from stages.params import Params, with_overrides
-from stages.paths import Paths
 from tests.conftest import MOBILENET_V2_035, REPO
+from tlpipe.config.params import Params, with_overrides
+from tlpipe.paths import Paths
 
 WEIGHTS = str(MOBILENET_V2_035) if MOBILENET_V2_035.is_file() else "none"
 

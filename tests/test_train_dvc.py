@@ -22,7 +22,7 @@ def test_dvc_repro_and_experiments_compare_train_and_finetune_runs(tmp_path: Pat
     )
     repo = tmp_path / "repo"
     repo.mkdir()
-    for sub in ("stages", "presets"):
+    for sub in ("stages", "tlpipe", "presets"):
         shutil.copytree(REPO / sub, repo / sub, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / name, repo / name)

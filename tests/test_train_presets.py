@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import presets
-from stages.backbones import get_backbone
-from stages.params import with_overrides
-from stages.paths import Paths
+from stages import presets as presets_cli
 from tests.conftest import REPO, write_prepared
 from tests.test_train import tiny_params, train_run
+from tlpipe.config import presets
+from tlpipe.config.params import with_overrides
+from tlpipe.model.backbones import get_backbone
+from tlpipe.paths import Paths
 
 SEEDS = ["vgg19_frozen", "inceptionv3_partial", "vgg16_rmsprop", "resnet50"]
 SLOW = {"inceptionv3_partial", "resnet50"}
@@ -44,7 +45,7 @@ def test_presets_are_valid_over_params_yaml(name: str) -> None:
 
 def test_params_yaml_switches_backbone_with_one_override() -> None:
     """`dvc exp run -S backbone=X` alone gives valid params for every backbone (size follows)."""
-    from stages.backbones import REGISTRY, resolve_image_size
+    from tlpipe.model.backbones import REGISTRY, resolve_image_size
 
     for name in REGISTRY:
         params = presets.apply({"backbone": name}, repo_params())
@@ -54,12 +55,12 @@ def test_params_yaml_switches_backbone_with_one_override() -> None:
 
 
 def test_cli_prints_overrides_and_rejects_unknown_presets(capsys) -> None:
-    presets.main(["vgg19_frozen", "--command"])
+    presets_cli.main(["vgg19_frozen", "--command"])
     words = shlex.split(capsys.readouterr().out)
     assert words[:5] == ["dvc", "exp", "run", "-n", "vgg19_frozen"]
     assert "backbone=vgg19" in words and "finetune.enabled=false" in words
     with pytest.raises(SystemExit):
-        presets.main(["nope"])
+        presets_cli.main(["nope"])
     assert "preset 'nope' not found" in capsys.readouterr().err
 
 

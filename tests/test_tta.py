@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from stages import evaluate, export
-from stages.dataset import load_info, load_split
-from stages.model_io import load_keras_model
-from stages.onnx_io import open_model
-from stages.params import with_overrides
-from stages.paths import Paths
-from stages.tta import with_tta
 from tests.tiny_models import tiny_params, tiny_project
+from tlpipe.config.params import with_overrides
+from tlpipe.data.dataset import load_info, load_split
+from tlpipe.export.onnx_model import open_model
+from tlpipe.model.keras_io import load_keras_model
+from tlpipe.model.tta import with_tta
+from tlpipe.paths import Paths
 
 
 @pytest.fixture(scope="module")

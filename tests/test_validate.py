@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from stages import ingest, validate
-from stages.dataset import images_file, labels_file
-from stages.params import parse_params
-from stages.paths import Paths
 from tests.inputs import make_class_tree
+from tlpipe.config.params import parse_params
+from tlpipe.data.dataset import images_file, labels_file
+from tlpipe.paths import Paths
 
 CLASSES = ["a", "b", "c"]
 

@@ -59,7 +59,7 @@ _PROJECT: dict[str, Path] = {}
 
 def tiny_params():
     """The default params shrunk to seconds: few images, tiny sweeps, CPU only."""
-    from stages.params import Params, with_overrides
+    from tlpipe.config.params import Params, with_overrides
 
     return with_overrides(
         Params(),
@@ -84,9 +84,9 @@ def tiny_project(tmp_path_factory) -> Path:
     """
     if "root" not in _PROJECT:
         from stages import export
-        from stages.dataset import load_split
-        from stages.paths import Paths
         from tests.conftest import write_prepared
+        from tlpipe.data.dataset import load_split
+        from tlpipe.paths import Paths
 
         root = tmp_path_factory.mktemp("tiny_project")
         write_prepared(root / "data" / "prepared", CLASSES, {"train": 16, "val": 4, "test": 8})

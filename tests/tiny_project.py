@@ -43,7 +43,7 @@ def tiny_params() -> dict[str, Any]:
 
 
 def make_project(
-    dest: Path, params: dict[str, Any] | None = None, folders: tuple[str, ...] = ("stages", "flows")
+    dest: Path, params: dict[str, Any] | None = None, folders: tuple[str, ...] = ("stages", "tlpipe", "flows")
 ) -> Path:
     """A committed git + DVC repository at `dest` with images and weights beside it."""
     if not MOBILENET_V2_035.is_file():

@@ -1,0 +1,1 @@
+"""Timing ONNX sessions and the Keras baseline, and the benchmark report."""

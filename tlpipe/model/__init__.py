@@ -1,0 +1,1 @@
+"""The classifier: backbones, ImageNet weights, what fine-tuning unfreezes, test-time augmentation, Keras IO."""

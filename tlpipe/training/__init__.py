@@ -1,0 +1,1 @@
+"""What the train and finetune stages run: their data, the epoch loop, backups, optimizers, reports."""
