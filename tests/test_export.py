@@ -256,3 +256,39 @@ def test_the_gpu_int8_variant_is_signed_symmetric_and_passes_the_accuracy_gate(p
     assert gpu and all(z.dtype == np.int8 and not z.any() for z in gpu)  # signed, zero point 0
     with pytest.raises(ParamsError, match=r"int8.target='gpu' needs int8.format='qdq' \(got 'qoperator'\)"):
         with_overrides(tiny_params(), export={"int8": {"target": "gpu", "format": "qoperator"}})
+
+
+def test_reshapes_to_the_shape_a_tensor_has_are_dropped_and_real_ones_kept() -> None:
+    """tf2onnx keeps some no-op Reshapes in one run and folds them in another: the export drops
+    them all, so the same model gives the same graph, and nothing it computes changes."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tlpipe.export.convert import without_noop_reshapes
+
+    shape = lambda name, dims: numpy_helper.from_array(np.array(dims, np.int64), name)  # noqa: E731
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("Reshape", ["r", "same"], ["r_same"], name="noop"),  # [-1, 4, 1, 1] on [N, 4, 1, 1]
+        helper.make_node("Reshape", ["r_same", "same"], ["r_same2"], name="noop_again"),
+        helper.make_node("Reshape", ["r_same2", "flat"], ["f"], name="real"),  # [-1, 4]: a real change
+        helper.make_node("Softmax", ["f"], ["y"], name="softmax"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [shape("same", [-1, 4, 1, 1]), shape("flat", [-1, 4])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    x = np.random.default_rng(0).normal(size=(3, 4, 1, 1)).astype(np.float32)
+    before = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    cleaned = without_noop_reshapes(proto)
+    onnx.checker.check_model(cleaned)
+    assert [n.name for n in cleaned.graph.node] == ["relu", "real", "softmax"]
+    assert [t.name for t in cleaned.graph.initializer] == ["flat"]
+    after = ort.InferenceSession(cleaned.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_array_equal(after[0], before[0])

@@ -8,7 +8,8 @@ of float32 to the device. The class names and image shape ride in the model's me
 
 Same model, same bytes: tf2onnx numbers the names it makes up (`pad_const__76`) from a counter
 whose value differs from run to run, and orders initializers accordingly; `canonical_names`
-renumbers every such name in the order the graph uses it.
+renumbers every such name in the order the graph uses it, and `without_noop_reshapes` drops the
+Reshapes to an unchanged shape that tf2onnx keeps in some runs and folds in others.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def convert(model: Any, opset: int, info: DatasetInfo | None = None, metadata: d
         raise ModelError(
             f"tf2onnx could not convert the Keras model at opset {opset}: {type(err).__name__}: {err}"
         ) from None
-    return canonical_names(with_pixel_interface(proto, info, metadata))
+    return canonical_names(without_noop_reshapes(with_pixel_interface(proto, info, metadata)))
 
 
 def with_pixel_interface(proto: Any, info: DatasetInfo | None = None, metadata: dict[str, str] | None = None) -> Any:
@@ -82,6 +83,51 @@ def _rename_tensor(graph: Any, old: str, new: str) -> None:
     for value in list(graph.input) + list(graph.output) + list(graph.value_info):
         if value.name == old:
             value.name = new
+
+
+def without_noop_reshapes(proto: Any) -> Any:
+    """The graph without Reshapes to the shape their input already has (at most the batch unknown,
+    given as -1). tf2onnx leaves some of them and folds others, and which ones changes from run to
+    run: its transpose optimizer iterates a set of node objects, in memory-address order. Without
+    them the same model always converts to the same graph."""
+    from onnx import numpy_helper, shape_inference
+
+    graph = proto.graph
+    inferred = shape_inference.infer_shapes(proto).graph
+    shapes = {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in (*inferred.value_info, *inferred.input)
+        if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")
+    }
+    constants = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    bypass: dict[str, str] = {}  # a no-op Reshape's output → its input
+    for node in graph.node:
+        if node.op_type != "Reshape" or node.input[1] not in constants or node.output[0] in outputs:
+            continue
+        source = shapes.get(node.input[0])
+        target = numpy_helper.to_array(constants[node.input[1]]).tolist()
+        if source is None or len(source) != len(target) or sum(d is None for d in source) > 1:
+            continue
+        if all(t == d if d is not None else t == -1 for t, d in zip(target, source, strict=True)):
+            bypass[node.output[0]] = node.input[0]
+    if not bypass:
+        return proto
+    kept = [n for n in graph.node if not (n.op_type == "Reshape" and n.output[0] in bypass)]
+
+    def source_of(name: str) -> str:  # through a chain of no-op Reshapes
+        while name in bypass:
+            name = bypass[name]
+        return name
+
+    for node in kept:
+        node.input[:] = [source_of(n) for n in node.input]
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {name for node in kept for name in node.input}
+    for unused in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(unused)
+    return proto
 
 
 _GENERATED = re.compile(r"^(.*?)(?:__\d+)+(:\d+)?$")  # tf2onnx's made-up numbers: x__12, x__3__4, x__7:0
