@@ -31,7 +31,7 @@ import yaml
 DATA_STAGES = ("ingest", "validate")
 VOLATILE = re.compile(r"(^|/)timings\.json$")  # wall times: differ on every run, on any machine
 # Never compared: the benchmark's throughput and the timings files' wall times differ on every run.
-VOLATILE_METRICS = re.compile(r"^reports/benchmark/|(^|/)timings\.json$")
+VOLATILE_METRICS = re.compile(rf"^reports/benchmark/|{VOLATILE.pattern}")
 
 # Absolute tolerances by metric name (dotted path in its file; the first pattern that matches).
 # Measured across CPUs: a fresh clone's `dvc repro` on an Intel Xeon (AVX-512, AMX) gave test top-1
