@@ -29,7 +29,7 @@ import numpy as np
 
 from stages.cli import run_stage
 from tlpipe.config.export import ExportParams, ParityParams
-from tlpipe.data.dataset import load_info, load_split
+from tlpipe.data.dataset import load_info, split_records
 from tlpipe.export.contract import CPU
 from tlpipe.export.convert import convert
 from tlpipe.export.onnx_model import open_model
@@ -110,16 +110,20 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     opset, batch_size, variants, max_drop = p.opset, p.batch_size, list(p.variants), p.max_variant_accuracy_drop
     tta = params.tta
     info = load_info(paths.prepared)
-    x_test, y_test = load_split(paths.prepared, "test")
+    test = split_records(paths.prepared, "test", info)
     single = load_keras_model(paths.model, info)
     model = with_tta(single, tta)
     metadata = inside(single, tta, info)
-    n_eval = len(x_test) if p.eval_images is None else min(p.eval_images, len(x_test))
-    # Seeded samples, not the first images: a split stored in class order would give a first
-    # 2,000 images of four classes only.
-    order = np.random.default_rng(params.seed).permutation(len(x_test))
+    n_eval = test.count if p.eval_images is None else min(p.eval_images, test.count)
+    # Seeded samples, read from the shards in one pass: only the sampled images are held.
+    order = np.random.default_rng(params.seed).permutation(test.count)
     eval_idx = np.sort(order[:n_eval])
-    x_eval, y_eval = np.asarray(x_test[eval_idx]), np.asarray(y_test[eval_idx])
+    parity_idx = np.sort(order[: p.parity.images])
+    sample = np.union1d(eval_idx, parity_idx)
+    x_sample, y_sample = test.gather(sample)
+    x_eval, y_eval = x_sample[np.searchsorted(sample, eval_idx)], y_sample[np.searchsorted(sample, eval_idx)]
+    x_parity = x_sample[np.searchsorted(sample, parity_idx)]
+    del x_sample
     timings: dict[str, float] = {}
 
     paths.models.mkdir(parents=True, exist_ok=True)
@@ -134,7 +138,6 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         timings["convert_s"] = round(time.perf_counter() - t0, 2)
         fp32 = open_model(fp32_path, [CPU], info=info)
 
-        x_parity = np.asarray(x_test[np.sort(order[: p.parity.images])])
         keras_probs = keras_predict(model, x_parity, batch_size)
         parity = check_parity(keras_probs, fp32.predict(x_parity, batch_size), p.parity)
         log.info("parity ok: %s", parity)

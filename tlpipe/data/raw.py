@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from tlpipe.data.decoding import PoolView
 from tlpipe.util.errors import DataError
 from tlpipe.util.hashing import sha256_file
 
 
 @dataclass
 class RawSplit:
-    images: np.ndarray  # uint8 N×H×W×3
+    images: np.ndarray | PoolView  # uint8 N×H×W×3, in memory or decoded into a pool on disk
     labels: np.ndarray  # int64 N
     origins: list[str]  # where each image came from (file or archive member)
 
