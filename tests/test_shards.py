@@ -38,6 +38,10 @@ def test_records_round_trip_in_shards_sized_by_the_record(tmp_path: Path, monkey
     idx = [93, 4, 50, 4]
     gx, gy = back.gather(idx)
     assert np.array_equal(gx, x[idx]) and np.array_equal(gy, y[idx])
+    sample = np.array([3, 4, 50, 93])
+    batches = list(back.sample_batches(sample, 3))
+    assert [len(b) for b in batches] == [3, 1] and np.array_equal(np.concatenate(batches), x[sample])
+    assert np.array_equal(back.gather_labels(sample), y[sample])
     (tmp_path / rec.files[3]).unlink()
     with pytest.raises(DataError, match=r"train-00003-of-00010.tfrecord: shard not found \(1 of 10 missing\)"):
         Records.from_index(tmp_path, rec.describe())

@@ -146,6 +146,41 @@ class Records:
                 break
         return x, y
 
+    def sample_batches(self, indices: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+        """The arrays at sorted `indices`, in that order, `batch_size` at a time: one pass over the
+        shards, holding one batch."""
+        indices = np.asarray(indices, np.int64)
+        pending: list[np.ndarray] = []
+        held, k, start = 0, 0, 0
+        for bx, by in self.batches(1024):
+            stop = start + len(by)
+            j = int(np.searchsorted(indices, stop))
+            if j > k:
+                pending.append(bx[indices[k:j] - start])
+                held += j - k
+                k = j
+            while held >= batch_size:
+                joined = np.concatenate(pending)
+                yield joined[:batch_size]
+                pending, held = [joined[batch_size:]], held - batch_size
+            start = stop
+            if k == len(indices):
+                break
+        if held:
+            yield np.concatenate(pending)
+
+    def gather_labels(self, indices: np.ndarray) -> np.ndarray:
+        """The labels at `indices` (no arrays read)."""
+        import tensorflow as tf
+
+        labels = (
+            tf.data.TFRecordDataset(self.paths(), buffer_size=1 << 20)
+            .batch(4096)
+            .map(lambda s: tf.io.parse_example(s, {"y": tf.io.FixedLenFeature([], tf.int64)})["y"])
+        )
+        every = np.concatenate([b.numpy() for b in labels]) if self.count else np.empty(0, np.int64)
+        return every[np.asarray(indices, np.int64)]
+
     def epoch(self, *, batch_size: int, seed: int, epoch: int, steps: int) -> Any:
         """tf.data of `steps` full batches of serialized records for one epoch of training, in an
         order that is a function of (the shards, seed, epoch) only: the shards in a seeded order,
