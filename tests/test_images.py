@@ -284,3 +284,13 @@ def test_one_list_of_formats_and_suffixes() -> None:
     assert folders.IMAGE_SUFFIXES is labelled.IMAGE_SUFFIXES is inputs.IMAGE_SUFFIXES is IMAGE_SUFFIXES
     assert {".heic", ".heif", ".webp", ".tif", ".bmp", ".gif"} <= set(IMAGE_SUFFIXES)
     assert "HEIF" in IMAGE_FORMATS
+
+
+def test_an_xmp_orientation_is_applied_when_the_exif_has_none() -> None:
+    """Some editors write the orientation only in XMP (tiff:Orientation); viewers turn those too."""
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    xmp += b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    upright = upright_image()
+    data = encode(stored_as(upright, 6), "JPEG", xmp=xmp, quality=95, subsampling=0)
+    assert "exif" not in Image.open(io.BytesIO(data)).info
+    assert np.abs(decode_image("x", data).astype(int) - upright).max() <= 12

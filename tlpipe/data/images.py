@@ -56,6 +56,8 @@ _UPRIGHT = {
     8: Image.Transpose.ROTATE_90,
 }
 _ORIENTATION_TAG = 0x0112
+# Where Pillow's getexif() finds an orientation outside TIFF's own tags.
+_ORIENTATION_SOURCES = ("exif", "xmp", "XML:com.adobe.xmp", "Raw profile type exif")
 # TIFF NewSubfileType bits of pages that are not images of their own: a reduced-resolution
 # version of another page (1), a transparency mask (4).
 _COMPANION_PAGE = 1 | 4
@@ -198,7 +200,10 @@ def _check_frames(origin: str, img: Image.Image) -> None:
 
 def orientation(img: Image.Image) -> int:
     """The image's EXIF Orientation (1-8), 1 when it has none, an invalid one or a corrupt EXIF
-    block (read as viewers read it: as stored)."""
+    block (read as viewers read it: as stored). Pillow also reads an XMP tiff:Orientation when
+    the EXIF has none."""
+    if img.format != "TIFF" and not any(key in img.info for key in _ORIENTATION_SOURCES):
+        return 1  # nothing to read it from: skips building an empty Exif for every image
     try:
         value = img.getexif().get(_ORIENTATION_TAG)
     except (OSError, SyntaxError, ValueError, EOFError, KeyError, TypeError):
