@@ -294,3 +294,12 @@ def test_an_xmp_orientation_is_applied_when_the_exif_has_none() -> None:
     data = encode(stored_as(upright, 6), "JPEG", xmp=xmp, quality=95, subsampling=0)
     assert "exif" not in Image.open(io.BytesIO(data)).info
     assert np.abs(decode_image("x", data).astype(int) - upright).max() <= 12
+
+
+def test_a_truncated_heic_is_one_line_naming_the_file() -> None:
+    rng = np.random.default_rng(0)
+    heic = encode(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), "HEIF", quality=80)
+    for cut in (len(heic) // 2, 40):
+        with pytest.raises(DataError, match=r"^x.heic: unreadable image \(") as err:
+            decode_image("x.heic", heic[:cut])
+        assert "\n" not in str(err.value)
