@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, TiffImagePlugin
 
-from tlpipe.data.images import BACKGROUND, IMAGE_FORMATS, IMAGE_SUFFIXES, decode_image, register_openers, to_rgb
+from tlpipe.data.images import (
+    BACKGROUND,
+    IMAGE_FORMATS,
+    IMAGE_SUFFIXES,
+    decode_image,
+    prepare_image,
+    register_openers,
+    to_rgb,
+)
 from tlpipe.util.errors import DataError
 
 
@@ -303,3 +311,22 @@ def test_a_truncated_heic_is_one_line_naming_the_file() -> None:
         with pytest.raises(DataError, match=r"^x.heic: unreadable image \(") as err:
             decode_image("x.heic", heic[:cut])
         assert "\n" not in str(err.value)
+
+
+def test_prepare_image_says_whether_it_resized_even_when_jpeg_draft_did_it() -> None:
+    """predict counts the images it had to resize: a 64 px JPEG that the decoder itself scaled to
+    the model's 32 px was resized; a 32 px one was not; 'refuse' leaves other sizes as they are."""
+    big, small = encode(np.kron(upright_image(), np.ones((4, 4, 1), np.uint8)), "JPEG"), encode(upright_image(), "JPEG")
+    pixels, resized = prepare_image("x", big, shape=(48, 80))
+    assert pixels.shape == (48, 80, 3) and resized
+    square = encode(np.kron(upright_image()[:, :24], np.ones((4, 4, 1), np.uint8)), "JPEG")  # 96x96
+    drafted = Image.open(io.BytesIO(square))
+    drafted.draft("RGB", (48, 48))
+    assert drafted.size == (48, 48)  # the decoder alone brings it to the target
+    pixels, resized = prepare_image("x", square, shape=(48, 48))
+    assert pixels.shape == (48, 48, 3) and resized
+    assert prepare_image("x", small, shape=(24, 40))[1] is False
+    pixels, resized = prepare_image("x", big, shape=(24, 40), resize_mode="refuse")
+    assert pixels.shape == (96, 160, 3) and not resized
+    turned = encode(stored_as(upright_image(), 6), "JPEG", exif=exif(6))  # stored 40x24, upright 24x40
+    assert prepare_image("x", turned, shape=(24, 40))[1] is False

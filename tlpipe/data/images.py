@@ -169,15 +169,16 @@ def prepare_image(
             converted[mode] += 1
     elif "transparency" in img.info:
         img = to_rgb(origin, img)  # an RGB PNG with a transparent colour (tRNS)
-    # Whether the image as stored (before any draft scaling) differs from the target, upright.
-    native = (height, width) if turn in (5, 6, 7, 8) else (width, height)
-    resized = shape is not None and resize_mode != "refuse" and native != (shape[1], shape[0])
-    if shape is not None and resize_mode != "refuse" and img.size != (shape[1], shape[0]):
-        height, width = shape
-        if height == width:
-            img = resize_square(img, height, resize_mode)
+    if shape is None or resize_mode == "refuse":
+        return np.asarray(img, dtype=np.uint8), False
+    target_h, target_w = shape
+    # Resized: the image as stored (before JPEG's draft scaling), turned upright, is not the target.
+    resized = ((height, width) if turn in (5, 6, 7, 8) else (width, height)) != (target_w, target_h)
+    if img.size != (target_w, target_h):
+        if target_h == target_w:
+            img = resize_square(img, target_h, resize_mode)
         else:
-            img = img.resize((width, height), Image.Resampling.BICUBIC, reducing_gap=3.0)
+            img = img.resize((target_w, target_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
     return np.asarray(img, dtype=np.uint8), resized
 
 
