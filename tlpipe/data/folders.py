@@ -1,4 +1,4 @@
-"""Class-folder images: `<split>/<class>/*.{png,jpg,jpeg}` (or `<class>/*` as one train split),
+"""Class-folder images: `<split>/<class>/*.<image suffix>` (or `<class>/*` as one train split),
 from a directory or an archive. Class names come from folder names, in CIFAR-10's order when
 they are CIFAR-10's classes, sorted otherwise.
 """
@@ -16,7 +16,7 @@ import numpy as np
 from tlpipe.data.archives import iter_entries
 from tlpipe.data.dataset import CIFAR10_CLASSES, SPLITS
 from tlpipe.data.decoding import decode_all
-from tlpipe.data.images import decode_image
+from tlpipe.data.images import IMAGE_SUFFIXES, decode_image
 from tlpipe.data.raw import RawDataset, RawSplit, check_trainable, verify_sha256
 from tlpipe.util.errors import DataError
 from tlpipe.util.hashing import sha256_file
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__spec__.name)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SPLIT_ALIASES = {
     "train": "train",
     "training": "train",
@@ -52,7 +51,7 @@ def class_order(names: set[str]) -> list[str]:
 def _layout(path: Path, files: list[PurePosixPath]) -> tuple[int, bool]:
     """Where the split and class levels are: returns (class level index, has split level)."""
     if not files:
-        raise DataError(f"{path}: no images found (expected <split>/<class>/*.png|jpg|jpeg)")
+        raise DataError(f"{path}: no images found (expected <split>/<class>/*{'|'.join(IMAGE_SUFFIXES)})")
     depths = {len(f.parts) for f in files}
     if len(depths) != 1:
         raise DataError(
@@ -183,7 +182,7 @@ def _group(
     for split in sorted(by_split, key=list(SPLITS).index):
         for cls, members in sorted(by_split[split].items()):
             if not members:
-                raise DataError(f"{path}: class folder {split}/{cls} is empty (no .png/.jpg/.jpeg images)")
+                raise DataError(f"{path}: class folder {split}/{cls} is empty (no {'/'.join(IMAGE_SUFFIXES)} images)")
     class_sets = {split: set(c) for split, c in by_split.items()}
     all_classes = set().union(*class_sets.values())
     for split, present in class_sets.items():

@@ -22,7 +22,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from tlpipe.data.archives import iter_entries, safe_member_name
-from tlpipe.data.folders import IMAGE_SUFFIXES, class_order, decode_splits, resized_to
+from tlpipe.data.folders import class_order, decode_splits, resized_to
+from tlpipe.data.images import IMAGE_SUFFIXES
 from tlpipe.data.raw import RawDataset, check_trainable, verify_sha256
 from tlpipe.util.errors import DataError
 from tlpipe.util.hashing import sha256_file
