@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,7 +78,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         images = write_records(Path(tmp), "train", x, y)
         (Path(tmp) / "features").mkdir()
-        written = compute_features(clf.extractor, images, Path(tmp) / "features", tp.feature_batch_size, "cache fill", 1e9)
+        out = Path(tmp) / "features"
+        written = compute_features(clf.extractor, images, out, tp.feature_batch_size, "cache fill", 1e9)
         fill = time.perf_counter() - start
         feats, _ = written.load()
     print(
