@@ -240,6 +240,7 @@ class RecordsWriter:
 
         self._tf = tf
         self.directory, self.prefix, self.count = Path(directory), prefix, count
+        self.directory.mkdir(parents=True, exist_ok=True)
         self.shape, self.dtype = tuple(shape), np.dtype(dtype).name
         record_bytes = int(np.prod(self.shape)) * np.dtype(dtype).itemsize
         self.per_shard = shard_size(record_bytes)
