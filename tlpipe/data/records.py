@@ -27,6 +27,7 @@ from tlpipe.util.errors import DataError
 SHARD_BYTES = 64 << 20  # payload per shard: a few hundred photos, tens of thousands of CIFAR images
 READ_CYCLE = 8  # shards read at once when streaming in a shuffled order
 SUFFIX = ".tfrecord"
+SCAN_BYTES = 16 << 20  # a batch when reading a whole set through (validate, gather, load)
 
 
 def shard_size(record_bytes: int) -> int:
@@ -82,6 +83,11 @@ class Records:
         return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
 
     @property
+    def scan_batch(self) -> int:
+        """Records per batch when a whole set is read through: about SCAN_BYTES, at most 1,024."""
+        return max(1, min(1024, SCAN_BYTES // max(1, self.record_bytes)))
+
+    @property
     def nbytes(self) -> int:
         return self.count * self.record_bytes
 
@@ -118,7 +124,7 @@ class Records:
         x = np.empty((self.count, *self.shape), np.dtype(self.dtype))
         y = np.empty(self.count, np.int64)
         done = 0
-        for bx, by in self.batches(1024):
+        for bx, by in self.batches(self.scan_batch):
             x[done : done + len(by)], y[done : done + len(by)] = bx, by
             done += len(by)
         if done != self.count:
@@ -135,7 +141,7 @@ class Records:
         x = np.empty((len(wanted), *self.shape), np.dtype(self.dtype))
         y = np.empty(len(wanted), np.int64)
         k, start = 0, 0
-        for bx, by in self.batches(1024):
+        for bx, by in self.batches(self.scan_batch):
             stop = start + len(by)
             while k < len(order) and wanted[order[k]] < stop:
                 i = order[k]
@@ -152,7 +158,7 @@ class Records:
         indices = np.asarray(indices, np.int64)
         pending: list[np.ndarray] = []
         held, k, start = 0, 0, 0
-        for bx, by in self.batches(1024):
+        for bx, by in self.batches(self.scan_batch):
             stop = start + len(by)
             j = int(np.searchsorted(indices, stop))
             if j > k:

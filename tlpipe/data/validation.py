@@ -22,7 +22,7 @@ def image_table(prepared: Path) -> pd.DataFrame:
         records = split_records(prepared, split)
         # Per-image statistics a batch at a time, streamed from the shards.
         means, stds, hashes, labels = [], [], [], []
-        for x, y in records.batches(1024):
+        for x, y in records.batches(records.scan_batch):
             flat = x.reshape(len(x), -1).astype(np.float32)
             means.append(flat.mean(1))
             stds.append(flat.std(1))
