@@ -15,7 +15,7 @@ import numpy as np
 from tlpipe.data.archives import iter_entries
 from tlpipe.data.dataset import CIFAR10_CLASSES, SPLITS
 from tlpipe.data.images import decode_image
-from tlpipe.data.raw import RawDataset, RawSplit, check_trainable, verify_sha256
+from tlpipe.data.raw import RawDataset, RawSplit, check_trainable, pinned_sha256, verify_sha256
 from tlpipe.util.errors import DataError
 from tlpipe.util.hashing import sha256_file
 
@@ -69,7 +69,7 @@ def read_class_folders(path: Path, data: DataParams) -> RawDataset:
     digest = None
     if path.is_file():
         # Refused before any image is decoded: a wrong archive is never half read.
-        digest = verify_sha256(path, data.sha256) if data.sha256 else sha256_file(path)
+        digest = verify_sha256(path, pinned) if (pinned := pinned_sha256(data)) else sha256_file(path)
     blobs: dict[PurePosixPath, bytes] = {}
     dirs: list[PurePosixPath] = []
     skipped = 0
@@ -141,8 +141,8 @@ def decode_split(
             h, w = img.shape[:2]
             raise DataError(
                 f"{origin}: image is {w}x{h}, expected {first[0][0][1]}x{first[0][0][0]} like {first[0][1]}; "
-                "all images must share one size: set data.image_size to resize them as they are read, "
-                "or resize them first"
+                "all images must share one size: set data.image_size to resize them as they are read "
+                "(photos: `python -m stages.presets photos`), or resize them first"
             )
         if images is None:
             images = np.empty((len(members), *img.shape), np.uint8)

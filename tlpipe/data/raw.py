@@ -7,13 +7,21 @@ disk, so a bad source loses nothing.
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tlpipe.util.errors import DataError
 from tlpipe.util.hashing import sha256_file
+
+if TYPE_CHECKING:
+    from tlpipe.config.data import DataParams
+
+log = logging.getLogger(__spec__.name)
 
 
 @dataclass
@@ -28,6 +36,29 @@ class RawDataset:
     classes: list[str]
     splits: dict[str, RawSplit]
     source: dict[str, object] = field(default_factory=dict)
+
+
+def pinned_sha256(data: DataParams) -> str | None:
+    """The SHA-256 that data.sha256 pins data.path to, or None when no pin holds for it.
+
+    A pin belongs to the path it was taken of (data.sha256_path): it holds while data.path names
+    that path (compared as written, normalised: `./x/../y` is `y`), or for any data.path when
+    sha256_path is empty. Another data.path has no pin, so params.yaml's pin of the CIFAR-10
+    tarball never stops `-S data.path=/path/to/photos`; DVC still reruns ingest on changed data.
+    """
+    expected, pinned, path = data.sha256, data.sha256_path, data.path
+    if not expected:
+        return None
+    if pinned is None or _same_path(pinned, path or ""):
+        return expected
+    log.info("data.sha256 pins %s, not data.path %s: no checksum to check", pinned, path)
+    return None
+
+
+def _same_path(a: str, b: str) -> bool:
+    if a.startswith(("http://", "https://")) or b.startswith(("http://", "https://")):
+        return a == b
+    return os.path.normpath(os.path.expanduser(a)) == os.path.normpath(os.path.expanduser(b))
 
 
 def verify_sha256(path: Path, expected: str) -> str:
