@@ -124,13 +124,33 @@ def test_a_wrong_file_at_the_pinned_path_is_refused_with_one_line(tmp_path: Path
         ("./../shared/a/../x.tar.gz", "../shared/x.tar.gz", True),  # spelled differently, the same path
         ("/data/photos", "../shared/x.tar.gz", False),  # another path: no stale pin
         ("/data/photos", None, True),  # no path given: the pin is data.path's, whatever it is
+        ("{root}/../shared/x.tar.gz", "../shared/x.tar.gz", True),  # made absolute (flows.compare): still it
+        ("{root}/.dvc/tmp/exps/tmp1/../shared/x.tar.gz", "../shared/x.tar.gz", False),
         ("https://example.org/c.tar.gz", "https://example.org/c.tar.gz", True),
         ("https://example.org/c.tar.gz", "https://example.org/d.tar.gz", False),
     ],
 )
-def test_the_pin_holds_for_its_own_path_only(path: str, pinned_path: str | None, pins: bool) -> None:
+def test_the_pin_holds_for_its_own_path_only(
+    path: str, pinned_path: str | None, pins: bool, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the project root the stages resolve relative paths from
     digest = "ab" * 32
+    path = path.format(root=tmp_path)
     source = "keras" if path.startswith("https") else "folder"
     data = parse_params({"data": {"source": source, "path": path, "sha256": digest, "sha256_path": pinned_path}}).data
     assert pinned_sha256(data) == (digest if pins else None)
     assert pinned_sha256(parse_params({"data": {"source": source, "path": path}}).data) is None
+
+
+def test_a_relative_pin_holds_in_an_experiments_copy_of_the_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dvc exp run --temp` and DVC's queue run stages in <project>/.dvc/tmp/exps/<tmp>/, where
+    `../shared/...` is still the project's (tlpipe.paths.Paths.resolve), made absolute or not."""
+    copy = tmp_path / "project" / ".dvc" / "tmp" / "exps" / "tmp1"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    digest = "cd" * 32
+    for path in ("../shared/x.tar.gz", str(tmp_path / "shared" / "x.tar.gz")):
+        data = {"source": "folder", "path": path, "sha256": digest, "sha256_path": "../shared/x.tar.gz"}
+        assert pinned_sha256(parse_params({"data": data}).data) == digest
