@@ -64,8 +64,8 @@ class DataParams(Section):
     # tlpipe.data.sources.CIFAR10_URL).
     path: str | None = None
     # Expected SHA-256 of the file at sha256_path, checked before anything in it is parsed. The pin
-    # belongs to that path: it holds while data.path names the same file (the same path as
-    # written, normalised), and another data.path has no pin (tlpipe.data.raw.pinned_sha256), so
+    # belongs to that path: it holds while data.path names the same path (both resolved from the
+    # project root), and another data.path has no pin (tlpipe.data.raw.pinned_sha256), so
     # `-S data.path=...` alone never checks your data against another file's checksum. Empty
     # sha256_path: the pin is data.path's, whatever it names. cifar_python and keras default to the
     # published CIFAR-10 checksum when no pin holds.
