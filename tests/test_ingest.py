@@ -192,7 +192,8 @@ def test_mixed_size_photos_are_resized_when_data_image_size_is_set(tmp_path: Pat
     save_image(tree / "train" / "a" / "wide.jpg", wide)
     save_image(tree / "train" / "b" / "tall.png", synthetic_images(1, 64, np.array([1]))[0][:, :48])
 
-    with pytest.raises(DataError, match=r"image is 120x40, expected 16x16 .*set data.image_size"):
+    mixed = r"image is 120x40, expected 16x16 .*set data.image_size.*python -m stages.presets photos"
+    with pytest.raises(DataError, match=mixed):
         ingest.run(params_for(tree), Paths(tmp_path / "native"))
     assert_nothing_written(tmp_path / "native")
 

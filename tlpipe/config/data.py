@@ -63,8 +63,14 @@ class DataParams(Section):
     # reruns ingest. Relative paths are from the project root. keras: the URL (default: the source's,
     # tlpipe.data.sources.CIFAR10_URL).
     path: str | None = None
-    # Expected SHA-256 of the source archive. cifar_python and keras default to the published one.
+    # Expected SHA-256 of the file at sha256_path, checked before anything in it is parsed. The pin
+    # belongs to that path: it holds while data.path names the same path (both resolved from the
+    # project root), and another data.path has no pin (tlpipe.data.raw.pinned_sha256), so
+    # `-S data.path=...` alone never checks your data against another file's checksum. Empty
+    # sha256_path: the pin is data.path's, whatever it names. cifar_python and keras default to the
+    # published CIFAR-10 checksum when no pin holds.
     sha256: str | None = None
+    sha256_path: str | None = None
     val_fraction: float = Field(0.1, gt=0, lt=1)
     # Only used when the source has no test split of its own.
     test_fraction: float = Field(0.1, gt=0, lt=1)

@@ -84,7 +84,7 @@ class ImagePool:
             raise DataError(
                 f"{origin}: image is {w}x{h}, expected {self.shape[1]}x{self.shape[0]} like {self.first}; "
                 "all images must share one size: set data.image_size to resize them as they are read "
-                "(`python -m stages.presets photos` sets it for photos), or resize them first"
+                "(photos: `python -m stages.presets photos`), or resize them first"
             )
         assert self._file is not None
         self._file.write(np.ascontiguousarray(img, np.uint8).tobytes())

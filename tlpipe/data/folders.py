@@ -17,7 +17,7 @@ from tlpipe.data.archives import iter_entries
 from tlpipe.data.dataset import CIFAR10_CLASSES, SPLITS
 from tlpipe.data.decoding import decode_all
 from tlpipe.data.images import IMAGE_SUFFIXES, decode_image
-from tlpipe.data.raw import RawDataset, RawSplit, check_trainable, verify_sha256
+from tlpipe.data.raw import RawDataset, RawSplit, check_trainable, pinned_sha256, verify_sha256
 from tlpipe.util.errors import DataError
 from tlpipe.util.hashing import sha256_file
 
@@ -70,7 +70,7 @@ def read_class_folders(path: Path, data: DataParams) -> RawDataset:
     digest = None
     if path.is_file():
         # Refused before any image is decoded: a wrong archive is never half read.
-        digest = verify_sha256(path, data.sha256) if data.sha256 else sha256_file(path)
+        digest = verify_sha256(path, pinned) if (pinned := pinned_sha256(data)) else sha256_file(path)
     # First the names (nothing read), so that a bad layout is refused before any decoding.
     names: list[PurePosixPath] = []
     dirs: list[PurePosixPath] = []

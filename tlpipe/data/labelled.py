@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from tlpipe.data.archives import iter_entries, safe_member_name
 from tlpipe.data.folders import class_order, decode_splits, resized_to
 from tlpipe.data.images import IMAGE_SUFFIXES
-from tlpipe.data.raw import RawDataset, check_trainable, verify_sha256
+from tlpipe.data.raw import RawDataset, check_trainable, pinned_sha256, verify_sha256
 from tlpipe.util.errors import DataError
 from tlpipe.util.hashing import sha256_file
 
@@ -138,7 +138,7 @@ def read_labelled(path: Path, data: DataParams) -> RawDataset:
     digest = None
     if path.is_file():
         # Refused before any image is decoded: a wrong archive is never half read.
-        digest = verify_sha256(path, data.sha256) if data.sha256 else sha256_file(path)
+        digest = verify_sha256(path, pinned) if (pinned := pinned_sha256(data)) else sha256_file(path)
     sources = {"train": (safe_member_name("data.labels.file", p.file), _folder(p.images))}
     if p.test_file:
         sources["test"] = (safe_member_name("data.labels.test_file", p.test_file), _folder(p.test_images))
