@@ -216,19 +216,17 @@ def shuffle_buffer(record_bytes: int) -> int:
 
 
 def concat(name: str, parts: list[Records]) -> Records:
-    """Several record sets read as one (all in one directory or not): files in order."""
+    """Several record sets read as one, in order (their files by absolute path)."""
     first = parts[0]
     if any(p.shape != first.shape or p.dtype != first.dtype for p in parts):
         raise DataError(f"{name}: cannot join records of different shapes or dtypes")
-    files = tuple(str(p.directory / f) for p in parts for f in p.files)
-    fingerprint = hashlib.sha256("".join(p.fingerprint for p in parts).encode()).hexdigest()
     return Records(
-        directory=Path("/"),
-        files=tuple(str(Path(f).resolve()) for f in files),
+        directory=first.directory,
+        files=tuple(str((p.directory / f).resolve()) for p in parts for f in p.files),
         count=sum(p.count for p in parts),
         shape=first.shape,
         dtype=first.dtype,
-        fingerprint=fingerprint,
+        fingerprint=hashlib.sha256("".join(p.fingerprint for p in parts).encode()).hexdigest(),
     )
 
 
