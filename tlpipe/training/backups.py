@@ -77,8 +77,11 @@ class Backups:
         with _strategy_scope(model):
             if model.optimizer is not None and not model.optimizer.built:
                 model.optimizer.build(model.trainable_variables)
-            model.load_weights(weights)  # weights and optimizer variables
-            _set_rng_state(model, raw.get("rng", []))
+        # Outside the scope: load_weights creates a throwaway optimizer's variables (iteration,
+        # learning_rate), and under MultiWorkerMirroredStrategy creating a variable in its scope
+        # is a collective broadcast the other workers (which hold no backup) would never join.
+        model.load_weights(weights)  # weights and optimizer variables
+        _set_rng_state(model, raw.get("rng", []))
         return state
 
     def save(self, model: Any, state: LoopState) -> None:

@@ -12,18 +12,19 @@ The Keras callbacks a stage is given are called as `fit` would call them.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from tlpipe.config.training import EarlyStoppingParams
 from tlpipe.training.backups import Backups, LoopState
-from tlpipe.training.step import DistributedStep
+from tlpipe.training.step import DistributedStep, in_cluster, lost_worker, sync_from_chief
 from tlpipe.util.durations import format_seconds
 
 log = logging.getLogger(__spec__.name)
@@ -193,6 +194,12 @@ def run_epochs(
     images are among its training images)."""
     step = DistributedStep(model, global_batch=batch_size, label_smoothing=label_smoothing, jit_compile=jit_compile)
     state = (backups.load(model) if backups else None) or LoopState()
+    cluster = in_cluster(step.strategy)
+    if cluster:
+        # Only the chief holds backups: the other workers take its position and variables.
+        sent = sync_from_chief(step.strategy, model, json.dumps(asdict(state)) if state.epoch or state.step else "")
+        if sent:
+            state = LoopState(**{**json.loads(sent), "backup_file": state.backup_file})
     resumed_from = (state.epoch, state.step) if (state.epoch or state.step) else None
     if resumed_from:
         log.info("%s: resuming from epoch %d step %d (backup in %s)", phase, state.epoch + 1, state.step, backups.dir)
@@ -203,19 +210,25 @@ def run_epochs(
     start = time.perf_counter()
     while state.epoch < epochs and not state.stopped_early:
         epoch, skip = state.epoch, state.step
-        ran = _run_epoch(
-            step,
-            hooks,
-            state,
-            train=train,
-            val=val,
-            epochs=epochs,
-            batch_size=batch_size,
-            phase=phase,
-            backups=backups,
-            backup_every_steps=backup_every_steps,
-            log_every=log_every,
-        )
+        try:
+            ran = _run_epoch(
+                step,
+                hooks,
+                state,
+                train=train,
+                val=val,
+                epochs=epochs,
+                batch_size=batch_size,
+                phase=phase,
+                backups=backups,
+                backup_every_steps=backup_every_steps,
+                log_every=log_every,
+            )
+        except Exception as err:
+            lost = lost_worker(err, phase) if cluster else None
+            if lost is None:
+                raise
+            raise lost from None
         logs = ran.logs
         if early_stopping.monitor not in logs:
             raise ValueError(

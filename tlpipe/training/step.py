@@ -24,7 +24,10 @@ end of an epoch, so a step does not wait for the host.
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+import numpy as np
 
 # Running totals: [loss × examples, correct predictions, examples] (float32, as Keras's Mean).
 LOSS, CORRECT, COUNT = 0, 1, 2
@@ -137,3 +140,77 @@ def _sums(y: Any, pred: Any, per_example: Any) -> Any:
     per_example = tf.cast(per_example, tf.float32)
     n = tf.cast(tf.shape(per_example)[0], tf.float32)
     return tf.stack([tf.reduce_sum(per_example), tf.reduce_sum(correct), n])
+
+
+def in_cluster(strategy: Any) -> bool:
+    """Whether `strategy` spans several workers (a TF_CONFIG cluster of more than one task)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    return sum(len(tasks) for tasks in spec.values()) > 1
+
+
+def broadcast_from_first_replica(strategy: Any, data: bytes) -> bytes:
+    """The first replica's (the chief's) `data` on every worker, of the same length everywhere: an
+    all-reduce sum of int32 words to which every other replica adds zeros (integer sums are
+    exact, so any bytes travel unchanged)."""
+    import tensorflow as tf
+
+    words = np.frombuffer(data + b"\0" * (-len(data) % 4), np.int32)
+    local = tf.constant(words)
+
+    def mine() -> Any:
+        first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
+        return tf.where(first, local, tf.zeros_like(local))
+
+    @tf.function
+    def reduce() -> Any:  # as the training step reduces: strategy.run, then strategy.reduce
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(mine), axis=None)
+
+    return np.asarray(reduce().numpy(), np.int32).tobytes()[: len(data)]
+
+
+def sync_from_chief(strategy: Any, model: Any, state_json: str) -> str:
+    """Every worker continues from the chief's state: the loop state (JSON) and, when the chief
+    resumed from a backup, its weights, optimizer variables and dropout RNG state, byte for byte.
+
+    Only the chief has the backups (its checkout is the one that writes); the other workers start
+    from the head model like a fresh run and would otherwise train other steps than the chief."""
+    raw = state_json.encode()
+    size = int(np.frombuffer(broadcast_from_first_replica(strategy, np.int32(len(raw)).tobytes()), np.int32)[0])
+    if size == 0:
+        return ""  # the chief starts fresh too: nothing to send (an empty collective would crash)
+    text = broadcast_from_first_replica(strategy, raw[:size].ljust(size, b"\0")).decode()
+    variables = list(model.variables) + list(model.optimizer.variables)
+    arrays = [np.asarray(v.numpy()) for v in variables]
+    data = broadcast_from_first_replica(strategy, b"".join(a.tobytes() for a in arrays))
+    offset = 0
+    for v, a in zip(variables, arrays, strict=True):
+        v.assign(np.frombuffer(data[offset : offset + a.nbytes], a.dtype).reshape(a.shape))
+        offset += a.nbytes
+    return text
+
+
+LOST_ERRORS = ("UnavailableError", "DeadlineExceededError", "CancelledError")
+
+
+def lost_worker(err: BaseException, phase: str) -> ConnectionError | None:
+    """The one-line error for a collective op that failed because a worker is gone (it crashed,
+    was killed or stopped answering for the collective timeout); None for any other error."""
+    if type(err).__name__ not in LOST_ERRORS:
+        return None
+    message = getattr(err, "message", str(err))
+    mine = _own_task()
+    tasks = [t for t in dict.fromkeys(re.findall(r"/job:\w+/replica:\d+/task:\d+", message)) if t != mine]
+    tasks = [t.replace("/replica:0", "") for t in tasks] or ["a peer"]
+    return ConnectionError(
+        f"{phase}: lost {', '.join(tasks)} of the multi-worker cluster ({type(err).__name__}); "
+        "rerun the same command on every worker: fine-tuning resumes from the chief's last backup"
+    )
+
+
+def _own_task() -> str:
+    import json
+    import os
+
+    task = (json.loads(os.environ.get("TF_CONFIG") or "{}").get("task")) or {}
+    return f"/job:{task.get('type', 'worker')}/replica:0/task:{int(task.get('index', 0))}"
