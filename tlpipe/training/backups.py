@@ -73,7 +73,7 @@ class Backups:
             return None
         # The optimizer's variables must be created under the strategy the model was built in:
         # under MirroredStrategy, outside its scope, building raises "Need to be inside
-        # `with strategy.scope()`" (and `fit` would otherwise build them in it later).
+        # `with strategy.scope()`" (and the training step would otherwise build them in it later).
         with _strategy_scope(model):
             if model.optimizer is not None and not model.optimizer.built:
                 model.optimizer.build(model.trainable_variables)

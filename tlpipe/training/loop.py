@@ -98,7 +98,7 @@ def progress_callback() -> type:
             now = time.perf_counter()
             self.train_seconds = now - self.start  # up to the last training step: validation excluded
             if now - self.last >= self.every and step < self.steps:
-                rate = (batch + 1) / (now - self.start)  # steps per second in this fit call
+                rate = (batch + 1) / (now - self.start)  # steps per second in this epoch since its start or resume
                 left_epoch = (self.steps - step) / rate
                 left_run = left_epoch + (self.epochs - self.epoch - 1) * self.steps / rate
                 logs = logs or {}
