@@ -47,12 +47,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from stages import finetune
+from stages import finetune, train
 from stages.cli import exit_on_bad_input
 from tests.test_multi_worker import scenario_params
 from tlpipe.paths import Paths
 
-root, strategy, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+root, strategy, out, stage = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 
 
 class Record(keras.callbacks.Callback):
@@ -73,7 +73,8 @@ class Record(keras.callbacks.Callback):
 record = Record()
 t0 = time.perf_counter()
 with exit_on_bad_input():  # as `python -m stages.finetune`: one line for a lost worker
-    metrics = finetune.run(scenario_params(strategy), Paths(root), callbacks=[record])
+    run = {"train": train, "finetune": finetune}[stage].run
+    metrics = run(scenario_params(strategy), Paths(root), callbacks=[record])
 seconds = time.perf_counter() - t0
 np.savez(out.with_suffix(".npz"), *record.weights)
 out.write_text(json.dumps({"steps": record.steps, "metrics": metrics, "seconds": seconds}))
@@ -117,11 +118,16 @@ def env_for(tf_config: dict | None) -> dict[str, str]:
 
 
 def start(
-    root: Path, strategy: str, out: Path, tf_config: dict | None, extra_env: dict[str, str] | None = None
+    root: Path,
+    strategy: str,
+    out: Path,
+    tf_config: dict | None,
+    extra_env: dict[str, str] | None = None,
+    stage: str = "finetune",
 ) -> subprocess.Popen:
     log = open(out.with_suffix(".log"), "w")
     return subprocess.Popen(
-        [sys.executable, "-c", SCENARIO, str(root), strategy, str(out)],
+        [sys.executable, "-c", SCENARIO, str(root), strategy, str(out), stage],
         cwd=root,
         env={**env_for(tf_config), **(extra_env or {})},
         stdout=log,
@@ -162,7 +168,9 @@ def head_project(tmp_path_factory) -> Path:
     return root
 
 
-def start_cluster(roots: list[Path], outs: list[Path], extra_env: list[dict[str, str]] | None = None) -> list:
+def start_cluster(
+    roots: list[Path], outs: list[Path], extra_env: list[dict[str, str]] | None = None, stage: str = "finetune"
+) -> list:
     ports = free_ports(len(roots))
     return [
         start(
@@ -171,6 +179,7 @@ def start_cluster(roots: list[Path], outs: list[Path], extra_env: list[dict[str,
             out,
             {"cluster": cluster(ports), "task": {"type": "worker", "index": i}},
             (extra_env or [{}] * len(roots))[i],
+            stage,
         )
         for i, (root, out) in enumerate(zip(roots, outs, strict=True))
     ]
@@ -249,3 +258,26 @@ def test_a_lost_worker_fails_the_other_in_one_line_and_a_rerun_resumes_bit_ident
     assert all(np.array_equal(a, b) for a, b in zip(resumed, reference, strict=True))
     assert all(np.array_equal(a, b) for a, b in zip(other, reference, strict=True))
     assert json.loads(again[0].read_text())["metrics"]["best"] == uninterrupted["runs"]["w0"]["metrics"]["best"]
+
+
+def test_the_head_trains_on_two_workers_as_in_one_process(tmp_path: Path) -> None:
+    """The train stage (head on cached features) runs the same step: same steps, workers identical,
+    one process matched within the same tolerance; the other worker writes its feature cache only."""
+    roots = {name: tmp_path / name for name in ("one", "w0", "w1")}
+    for root in roots.values():
+        write_prepared(root / "data" / "prepared", ["cat", "dog", "frog"])
+    outs = {name: tmp_path / f"{name}.json" for name in roots}
+    finish([start(roots["one"], "none", outs["one"], None, stage="train")], [outs["one"]], timeout=300)
+    finish(
+        start_cluster([roots["w0"], roots["w1"]], [outs["w0"], outs["w1"]], stage="train"),
+        [outs["w0"], outs["w1"]],
+        300,
+    )
+    runs = {n: json.loads(outs[n].read_text()) for n in outs}
+    weights = {n: list(np.load(outs[n].with_suffix(".npz")).values()) for n in outs}
+    assert runs["one"]["steps"] == runs["w0"]["steps"] == runs["w1"]["steps"] > 0
+    assert all(np.array_equal(a, b) for a, b in zip(weights["w0"], weights["w1"], strict=True))
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights["one"], weights["w0"], strict=True))
+    assert diff <= TOLERANCE, diff
+    assert runs["w1"]["metrics"] == {} and listing(roots["w1"]) == []
+    assert listing(roots["w0"]) == listing(roots["one"])
