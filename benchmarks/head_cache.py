@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from tlpipe.data.dataset import load_info, load_split
+    from tlpipe.data.records import write_records
     from tlpipe.model.classifier import build_classifier, resolve_spec
     from tlpipe.runtime import configure
     from tlpipe.training.augment import steps_per_epoch, training_batches
@@ -58,7 +60,7 @@ def main() -> None:
     )
     info = load_info(paths.prepared)
     spec = resolve_spec(params, tuple(info.image_shape), info.num_classes, paths)
-    x, y = load_split(paths.prepared, "train", mmap=False)
+    x, y = load_split(paths.prepared, "train")
     if args.limit:
         x, y = x[: args.limit], y[: args.limit]
     configure(params)  # seeds, op determinism, float32
@@ -73,8 +75,13 @@ def main() -> None:
 
     clf = build_classifier(spec)
     start = time.perf_counter()
-    feats = compute_features(clf.extractor, x, tp.feature_batch_size, "cache fill", log_every=1e9)
-    fill = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        images = write_records(Path(tmp), "train", x, y)
+        (Path(tmp) / "features").mkdir()
+        out = Path(tmp) / "features"
+        written = compute_features(clf.extractor, images, out, tp.feature_batch_size, "cache fill", 1e9)
+        fill = time.perf_counter() - start
+        feats, _ = written.load()
     print(
         f"cache fill (one backbone pass):   {fill:8.1f} s  {len(x) / fill:8.0f} img/s  ({feats.shape[1]} features/img)"
     )

@@ -18,11 +18,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from stages.cli import run_stage
 from tlpipe.config.evaluate import EvaluateParams
-from tlpipe.data.dataset import load_info, load_split
+from tlpipe.data.dataset import load_info, split_records
 from tlpipe.evaluation.metrics import (
     TOP_K,
     calibration,
@@ -32,8 +30,8 @@ from tlpipe.evaluation.metrics import (
     per_class_scores,
     top_k_accuracy,
 )
-from tlpipe.evaluation.plots import plot_confusion, plot_predictions, plot_reliability
-from tlpipe.model.keras_io import keras_predict, load_keras_model
+from tlpipe.evaluation.plots import grid_selection, plot_confusion, plot_predictions, plot_reliability
+from tlpipe.model.keras_io import keras_predict_records, load_keras_model
 from tlpipe.model.tta import with_tta
 from tlpipe.paths import Paths
 from tlpipe.util.atomic import atomic_dir, write_json
@@ -48,10 +46,9 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     p = params.evaluate
     batch_size, bins, top_confusions, grid_images = p.batch_size, p.calibration_bins, p.top_confusions, p.grid_images
     info = load_info(paths.prepared)
-    images, labels = load_split(paths.prepared, "test")
-    labels = np.asarray(labels)
+    test = split_records(paths.prepared, "test", info)
     model = with_tta(load_keras_model(paths.model, info), params.tta)
-    probs = keras_predict(model, images, batch_size)
+    probs, labels = keras_predict_records(model, test, batch_size)
     predicted = probs.argmax(axis=1)
     classes = info.classes
 
@@ -88,7 +85,9 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         write_json(out / "confusion_matrix.json", {"classes": classes, "matrix": cm})
         plot_confusion(cm, classes, out / "confusion_matrix.png")
         plot_reliability(table, ece, out / "reliability_diagram.png")
-        plot_predictions(images, labels, probs, classes, grid_images, out / "predictions_grid.png")
+        chosen = grid_selection(labels, predicted, probs.max(axis=1), grid_images)
+        shown = dict(zip(chosen, test.gather(chosen)[0], strict=True))  # the few images shown, read back
+        plot_predictions(shown, labels, probs, classes, chosen, out / "predictions_grid.png")
     return metrics
 
 

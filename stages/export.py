@@ -29,7 +29,7 @@ import numpy as np
 
 from stages.cli import run_stage
 from tlpipe.config.export import ExportParams, ParityParams
-from tlpipe.data.dataset import load_info, load_split
+from tlpipe.data.dataset import load_info, split_records
 from tlpipe.export.contract import CPU
 from tlpipe.export.convert import convert
 from tlpipe.export.onnx_model import open_model
@@ -110,16 +110,24 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     opset, batch_size, variants, max_drop = p.opset, p.batch_size, list(p.variants), p.max_variant_accuracy_drop
     tta = params.tta
     info = load_info(paths.prepared)
-    x_test, y_test = load_split(paths.prepared, "test")
+    test = split_records(paths.prepared, "test", info)
     single = load_keras_model(paths.model, info)
     model = with_tta(single, tta)
     metadata = inside(single, tta, info)
-    n_eval = len(x_test) if p.eval_images is None else min(p.eval_images, len(x_test))
-    # Seeded samples, not the first images: a split stored in class order would give a first
-    # 2,000 images of four classes only.
-    order = np.random.default_rng(params.seed).permutation(len(x_test))
+    n_eval = test.count if p.eval_images is None else min(p.eval_images, test.count)
+    # Seeded samples, not the first images. The parity sample is held (a few hundred images); the
+    # evaluation sample is streamed from the shards for each model scored on it.
+    order = np.random.default_rng(params.seed).permutation(test.count)
     eval_idx = np.sort(order[:n_eval])
-    x_eval, y_eval = np.asarray(x_test[eval_idx]), np.asarray(y_test[eval_idx])
+    x_parity, _ = test.gather(np.sort(order[: p.parity.images]))
+    y_eval = test.gather_labels(eval_idx)
+
+    def predict_eval(runner: Any) -> np.ndarray:
+        return np.concatenate(
+            [runner.predict(x, batch_size) for x in test.sample_batches(eval_idx, max(batch_size, 256))]
+            or [np.zeros((0, info.num_classes), np.float32)]
+        )
+
     timings: dict[str, float] = {}
 
     paths.models.mkdir(parents=True, exist_ok=True)
@@ -134,12 +142,11 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         timings["convert_s"] = round(time.perf_counter() - t0, 2)
         fp32 = open_model(fp32_path, [CPU], info=info)
 
-        x_parity = np.asarray(x_test[np.sort(order[: p.parity.images])])
         keras_probs = keras_predict(model, x_parity, batch_size)
         parity = check_parity(keras_probs, fp32.predict(x_parity, batch_size), p.parity)
         log.info("parity ok: %s", parity)
 
-        reference = fp32.predict(x_eval, batch_size)
+        reference = predict_eval(fp32)
         scores: dict[str, dict[str, float]] = {"fp32": score(reference, reference, y_eval, fp32_path)}
         # With TTA the single-view model is a variant too: the benchmark then shows what TTA costs.
         built = [*variants, *(["single"] if tta != "none" else [])]
@@ -149,7 +156,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             t0 = time.perf_counter()
             VARIANTS[variant].build(job, out)
             timings[f"{variant}_build_s"] = round(time.perf_counter() - t0, 2)
-            probs = open_model(out, [CPU], info=info).predict(x_eval, batch_size)
+            probs = predict_eval(open_model(out, [CPU], info=info))
             scores[variant] = score(reference, probs, y_eval, out)
             drop = scores[variant]["accuracy_drop_points"]
             log.info("%s: %s", variant, scores[variant])

@@ -20,13 +20,12 @@ import shutil
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from stages.cli import run_stage
 from tlpipe.config.finetune import FinetuneParams
 from tlpipe.config.load import RESULT_NEUTRAL_KEYS
 from tlpipe.config.model import ModelParams
 from tlpipe.config.runtime import RuntimeParams
+from tlpipe.data.records import concat
 from tlpipe.model.classifier import build_classifier, resolve_spec, with_weights
 from tlpipe.model.unfreeze import unfreeze
 from tlpipe.paths import Paths
@@ -58,9 +57,9 @@ def run(params: Params, paths: Paths, callbacks: Sequence[Any] = ()) -> dict[str
     fp = params.finetune
     if not fp.enabled:
         return _copy_head(paths)
-    info, (x_train, y_train), (x_val, y_val) = load_training_data(paths)
+    info, train_records, val_records = load_training_data(paths)
     if fp.train_on_val:  # the final fit: validation images join the training images
-        x_train, y_train = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
+        train_records = concat("train+val", [train_records, val_records])
     spec = resolve_spec(params, tuple(info.image_shape), info.num_classes, paths)
     rt = configure(params)
     with rt.strategy.scope():
@@ -84,7 +83,7 @@ def run(params: Params, paths: Paths, callbacks: Sequence[Any] = ()) -> dict[str
         unfrozen["blocks"],
     )
 
-    steps = steps_per_epoch(len(x_train), fp.batch_size, fp.steps_per_epoch)
+    steps = steps_per_epoch(train_records.count, fp.batch_size, fp.steps_per_epoch)
     schedule = warmup_cosine(
         fp.learning_rate,
         total_steps=steps * fp.epochs,
@@ -99,8 +98,8 @@ def run(params: Params, paths: Paths, callbacks: Sequence[Any] = ()) -> dict[str
         fp,
         rt,
         phase="finetune",
-        train=(x_train, y_train),
-        val=(x_val, y_val),
+        train=train_records,
+        val=val_records,
         num_classes=spec.num_classes,
         seed=params.seed,
         log_every=params.runtime.log_every_seconds,

@@ -20,6 +20,7 @@ from tlpipe.config.finetune import FinetuneParams
 from tlpipe.config.model import ModelParams
 from tlpipe.config.train import TrainParams
 from tlpipe.data.dataset import load_info
+from tlpipe.data.raw import pinned_sha256
 from tlpipe.model.backbones import get_backbone, resolve_image_size
 from tlpipe.paths import Paths
 from tlpipe.util.atomic import atomic_dir
@@ -78,8 +79,8 @@ def render(params: Params, paths: Paths) -> str:
 
     lines += ["## Data", ""]
     lines += [f"- Source: `{json.dumps(info.source, sort_keys=True)}`"]
-    if params.data.sha256:
-        lines += [f"- Source archive SHA-256 (checked at ingest): `{params.data.sha256}`"]
+    if pinned := pinned_sha256(params.data):
+        lines += [f"- Source archive SHA-256 (checked at ingest): `{pinned}`"]
     lines += [
         f"- Classes ({info.num_classes}): {', '.join(info.classes)}",
         f"- Image shape: {tuple(info.image_shape)} uint8 RGB",

@@ -38,7 +38,7 @@ def run(params: Params, paths: Paths, callbacks: Sequence[Any] = ()) -> dict[str
     `callbacks`: extra Keras callbacks (a flow's progress reporter, a test's interruption).
     """
     clock = Stopwatch()
-    info, (x_train, y_train), (x_val, y_val) = load_training_data(paths)
+    info, train_records, val_records = load_training_data(paths)
     # Everything a user can get wrong is checked before the first heavy step.
     spec = resolve_spec(params, tuple(info.image_shape), info.num_classes, paths)
     tp = params.train
@@ -51,8 +51,8 @@ def run(params: Params, paths: Paths, callbacks: Sequence[Any] = ()) -> dict[str
         "×".join(map(str, spec.input_shape)),
         spec.describe()["weights"],
         spec.num_classes,
-        len(x_train),
-        len(x_val),
+        train_records.count,
+        val_records.count,
     )
     with rt.strategy.scope():
         clf = build_classifier(spec)
@@ -65,7 +65,7 @@ def run(params: Params, paths: Paths, callbacks: Sequence[Any] = ()) -> dict[str
         t = Stopwatch()
         hits = []
         inputs = {}
-        for split, x in (("train", x_train), ("val", x_val)):
+        for split, x in (("train", train_records), ("val", val_records)):
             path = cache_file(directory, split, info.fingerprints.get(split, "nofp"))
             inputs[split], hit = cached_features(
                 clf.extractor, x, path=path, describe=describe, batch_size=tp.feature_batch_size, log_every=log_every
@@ -75,15 +75,15 @@ def run(params: Params, paths: Paths, callbacks: Sequence[Any] = ()) -> dict[str
         timings["features"] = {"cache_hit": int(all(hits)), "seconds": round(t.elapsed, 2)}
         inputs_train, inputs_val, target = inputs["train"], inputs["val"], clf.head
     else:
-        inputs_train, inputs_val, target = x_train, x_val, clf.model
+        inputs_train, inputs_val, target = train_records, val_records, clf.model
 
     result = fit(
         target,
         tp,
         rt,
         phase="train",
-        train=(inputs_train, y_train),
-        val=(inputs_val, y_val),
+        train=inputs_train,
+        val=inputs_val,
         num_classes=spec.num_classes,
         seed=params.seed,
         log_every=log_every,

@@ -58,6 +58,19 @@ def synthetic_images(n: int, size: int, label: np.ndarray, seed: int = 0) -> np.
     return out
 
 
+def rewrite_split(prepared: Path, split: str, x: np.ndarray, y: np.ndarray) -> None:
+    """Replace one split's shards of a prepared directory (and its index entry) with x, y."""
+    from tlpipe.data.records import write_records
+
+    info = json.loads((prepared / "dataset.json").read_text())
+    for name in info["shards"][split]["files"]:
+        (prepared / name).unlink()
+    records = write_records(prepared, split, x, y)
+    info["shards"][split] = records.describe()
+    info["counts"][split], info["fingerprints"][split] = records.count, records.fingerprint
+    (prepared / "dataset.json").write_text(json.dumps(info))
+
+
 def write_prepared(
     prepared: Path,
     classes: list[str],
@@ -66,18 +79,16 @@ def write_prepared(
     seed: int = 0,
 ) -> None:
     """Write a prepared-data directory in the ingest stage's format (tlpipe/data/dataset.py)."""
-    from tlpipe.data.dataset import images_file, labels_file
-    from tlpipe.util.hashing import fingerprint
+    from tlpipe.data.records import write_records
 
     per_class = per_class or {"train": 20, "val": 5, "test": 5}
     prepared.mkdir(parents=True, exist_ok=True)
-    counts, prints, rows = {}, {}, []
+    counts, prints, shards, rows = {}, {}, {}, []
     for k, (split, n) in enumerate(per_class.items()):
         y = np.repeat(np.arange(len(classes)), n).astype(np.int64)
         x = synthetic_images(len(y), size, y, seed=seed + 101 * k)
-        np.save(images_file(prepared, split), x)
-        np.save(labels_file(prepared, split), y)
-        counts[split], prints[split] = len(y), fingerprint(x, y)
+        records = write_records(prepared, split, x, y)
+        counts[split], prints[split], shards[split] = len(y), records.fingerprint, records.describe()
         rows += [f"{split},{i},{c},{classes[c]},{split}{i},synthetic" for i, c in enumerate(y)]
     (prepared / "dataset.json").write_text(
         json.dumps(
@@ -87,6 +98,7 @@ def write_prepared(
                 "counts": counts,
                 "fingerprints": prints,
                 "source": {"kind": "synthetic"},
+                "shards": shards,
             }
         )
     )

@@ -82,7 +82,7 @@ def test_int8_qoperator_and_entropy_variants_are_what_they_say_and_agree_with_fl
     paths = Paths(project)
     info = load_info(paths.prepared)
     calib = calibration_images(paths, 16, seed=0)
-    x, y = load_split(paths.prepared, "test", mmap=False)
+    x, y = load_split(paths.prepared, "test")
     fp32 = open_model(paths.onnx_model, info=info).predict(x, 8)
     base = tiny_params().export.int8
     scales = {}

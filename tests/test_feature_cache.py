@@ -38,4 +38,4 @@ def test_the_feature_cache_hits_only_when_backbone_weights_size_and_data_are_unc
     write_prepared(root / "data" / "prepared", ["cat", "dog", "frog"], {"train": 6, "val": 2, "test": 2}, seed=7)
     assert not train_hit(root)
     assert train_hit(root)
-    assert len(list(Paths(root).features.glob("*/*.npy"))) == 2 * 5  # train and val of each miss
+    assert len(list(Paths(root).features.glob("*/*/index.json"))) == 2 * 5  # train and val of each miss

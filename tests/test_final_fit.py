@@ -35,13 +35,13 @@ def test_the_final_fit_trains_on_train_and_val_and_keeps_the_last_epoch(prepared
     train.run(tiny_params(), paths)
     # The images each epoch's batches are drawn from, as the stage hands them to the batcher.
     drawn: list[tuple[np.ndarray, np.ndarray]] = []
-    batches = phase.training_batches  # the training phase finetune runs (tlpipe.training.phase)
+    batches = phase.streamed_batches  # the training phase finetune runs (tlpipe.training.phase)
 
-    def recording(x: np.ndarray, y: np.ndarray, **kwargs: Any) -> Any:
-        drawn.append((np.asarray(x), np.asarray(y)))
-        return batches(x, y, **kwargs)
+    def recording(records: Any, num_classes: int, **kwargs: Any) -> Any:
+        drawn.append(records.load())
+        return batches(records, num_classes, **kwargs)
 
-    monkeypatch.setattr(phase, "training_batches", recording)
+    monkeypatch.setattr(phase, "streamed_batches", recording)
     counter, snap, damage = StepCounter(), snapshots(), damage_before_last_validation(3)
     # Early stopping that would stop after epoch 2 (no val_loss improves by 1e6), and a last epoch
     # whose validation is made the worst of all: a run choosing on validation would keep epoch 1
@@ -56,7 +56,7 @@ def test_the_final_fit_trains_on_train_and_val_and_keeps_the_last_epoch(prepared
     assert len(drawn) == 3
     for x, y in drawn:  # every epoch: the train images, then the validation images, nothing else
         assert np.array_equal(x, np.concatenate([x_train, x_val]))
-        assert np.array_equal(y.argmax(1), np.concatenate([y_train, y_val]))
+        assert np.array_equal(y, np.concatenate([y_train, y_val]))
     # 20 train + 5 val images per class, 3 classes, batches of 8: 9 full steps instead of 7.
     assert counter.steps == [9, 9, 9]
     assert metrics["train_on_val"] == 1 and metrics["epochs_run"] == 3 and metrics["best"]["epoch"] == 3

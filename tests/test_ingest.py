@@ -192,7 +192,8 @@ def test_mixed_size_photos_are_resized_when_data_image_size_is_set(tmp_path: Pat
     save_image(tree / "train" / "a" / "wide.jpg", wide)
     save_image(tree / "train" / "b" / "tall.png", synthetic_images(1, 64, np.array([1]))[0][:, :48])
 
-    with pytest.raises(DataError, match=r"image is 120x40, expected 16x16 .*set data.image_size"):
+    mixed = r"image is 120x40, expected 16x16 .*set data.image_size.*python -m stages.presets photos"
+    with pytest.raises(DataError, match=mixed):
         ingest.run(params_for(tree), Paths(tmp_path / "native"))
     assert_nothing_written(tmp_path / "native")
 
@@ -275,3 +276,64 @@ def test_cli_reports_bad_params_and_exits_nonzero(tmp_path: Path) -> None:
     assert "data.sourse: unknown key" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert_nothing_written(tmp_path)
+
+
+def prepared_image(root: Path, name: str) -> np.ndarray:
+    """The prepared pixels of the source image `name` (found through the manifest)."""
+    prepared = root / "data" / "prepared"
+    manifest = (prepared / "manifest.csv").read_text().splitlines()
+    split, index = next(line.split(",")[:2] for line in manifest if line.endswith(f"/{name}"))
+    return np.asarray(load_split(prepared, split)[0][int(index)], np.int32)
+
+
+def photo_like(height: int, width: int) -> np.ndarray:
+    """An asymmetric picture (a gradient, a dark top-left corner): wrong when turned or flipped."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    img = np.stack([255 * xx / width, 255 * yy / height, np.full_like(xx, 90, dtype=float)], axis=-1)
+    img[: height // 3, : width // 3] = 20
+    return img.astype(np.uint8)
+
+
+def test_a_phone_rotated_jpeg_is_prepared_as_its_upright_twin(tmp_path: Path) -> None:
+    """A phone stores the sensor's pixels sideways with EXIF Orientation 6: ingest turns them upright."""
+    from PIL import Image
+
+    tree = make_class_tree(tmp_path / "src", ["a", "b"], {"train": 6})
+    upright = photo_like(48, 64)
+    tags = Image.Exif()
+    tags[0x0112] = 6
+    Image.fromarray(upright).save(tree / "train" / "a" / "upright.jpg", quality=95, subsampling=0)
+    sideways = Image.fromarray(np.ascontiguousarray(np.rot90(upright)))  # as the sensor stored it
+    sideways.save(tree / "train" / "a" / "rotated.jpg", quality=95, subsampling=0, exif=tags.tobytes())
+    ingest.run(params_for(tree, image_size=16, val_fraction=0.2), Paths(tmp_path / "out"))
+    twin, rotated = prepared_image(tmp_path / "out", "upright.jpg"), prepared_image(tmp_path / "out", "rotated.jpg")
+    assert np.abs(rotated - twin).max() <= 6, np.abs(rotated - twin).max()
+    assert np.abs(np.rot90(rotated) - twin).mean() > 40  # left as stored it would be far off
+
+
+def test_every_accepted_format_heic_included_is_ingested_from_class_folders(tmp_path: Path) -> None:
+    """The folder source reads every suffix predict reads: HEIC (written by pillow-heif), WebP,
+    TIFF, BMP and GIF beside PNG and JPEG, each prepared as the pixels it was written from."""
+    from PIL import Image
+
+    from tlpipe.data.images import IMAGE_SUFFIXES, register_openers
+
+    register_openers()
+    tree = make_class_tree(tmp_path / "src", ["a", "b"], {"train": 4})
+    pictures = {}
+    for i, suffix in enumerate(IMAGE_SUFFIXES):
+        pictures[suffix] = photo_like(16, 16)
+        pictures[suffix][:5, :5] = 20 + 20 * i  # each its own image (exact duplicates are dropped)
+        lossless_heif = {"quality": -1, "chroma": 444, "matrix_coefficients": 0}  # RGB kept as RGB
+        extra = {".heic": lossless_heif, ".heif": lossless_heif, ".webp": {"lossless": True}}.get(suffix, {})
+        fmt = {".heic": "HEIF", ".heif": "HEIF", ".jpg": "JPEG", ".tif": "TIFF"}.get(suffix)
+        options = {"quality": 95, **extra} if fmt != "TIFF" else {}
+        Image.fromarray(pictures[suffix]).save(tree / "train" / "b" / f"picture{suffix}", format=fmt, **options)
+    metrics = ingest.run(params_for(tree, val_fraction=0.2), Paths(tmp_path / "out"))
+    assert sum(metrics["counts"].values()) == 2 * 4 + len(IMAGE_SUFFIXES)
+    for suffix, picture in pictures.items():
+        error = np.abs(prepared_image(tmp_path / "out", f"picture{suffix}") - picture)
+        if suffix in (".jpg", ".jpeg", ".gif"):  # lossy, or 256 colours
+            assert error.mean() <= 4, (suffix, error.mean())
+        else:
+            assert error.max() == 0, suffix

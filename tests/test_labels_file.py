@@ -59,7 +59,7 @@ def test_kaggle_zip_trains_through_ingest_validate_and_train(tmp_path: Path) -> 
     # 60 real CIFAR images of 10 classes for one epoch: no floor above chance to assert, but the
     # reported accuracy is the saved head model's on the 20 validation images (to one image:
     # training scored cached features, this scores pixels).
-    x_val, y_val = load_split(paths.prepared, "val", mmap=False)
+    x_val, y_val = load_split(paths.prepared, "val")
     predicted = keras_predict(load_keras_model(paths.head_model), x_val, 8).argmax(1)
     reported = metrics["best"]["val_accuracy"]
     assert abs(reported * 20 - round(reported * 20)) < 1e-6  # a count of the 20 images

@@ -9,18 +9,20 @@ import json
 import re
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from tests.conftest import REPO, synthetic_images
+from tests.conftest import REPO, SHARED, synthetic_images
 from tests.inputs import BAD_IMAGES, bad_image, png_bytes
 from tests.kaggle import kaggle_zip
 from tests.tiny_models import CLASSES, tiny_project
 from tlpipe.config.params import Params, with_overrides
-from tlpipe.data.images import decode_image
+from tlpipe.data.images import decode_image, register_openers
 from tlpipe.export.onnx_model import ProviderError, gpu_device_present, open_model
 from tlpipe.paths import Paths
 from tlpipe.predict.run import predict
@@ -193,3 +195,88 @@ def test_a_gpu_provider_that_cannot_run_is_refused_unless_fallback_is_allowed(pr
     summary = predict(str(src), out, params(providers=gpu_first), Paths(project))  # the default: allowed
     assert summary["provider"] == "CPUExecutionProvider" and summary["providers_requested"] == gpu_first
     assert json.loads(out.with_name("out.summary.json").read_text())["provider"] == "CPUExecutionProvider"
+
+
+FLOWERS = SHARED / "data" / "flowers-photos-train.tar.gz"
+
+
+def flower_photo() -> np.ndarray:
+    """The first photo of the shared flowers set, cut to a multiple of 16 px each way (so that
+    its JPEG blocks are the same stored upright or sideways)."""
+    with tarfile.open(FLOWERS) as tar:
+        member = next(m for m in tar if m.isfile() and m.name.endswith(".jpg"))
+        photo = decode_image(member.name, tar.extractfile(member).read())
+    return np.ascontiguousarray(photo[: photo.shape[0] // 16 * 16, : photo.shape[1] // 16 * 16])
+
+
+def resized_model(project: Path, path: Path) -> Path:
+    """The tiny model, recording that its training images were photos resized to 32 px by ingest."""
+    import onnx
+
+    model = onnx.load(str(Paths(project).onnx_model))
+    for prop in model.metadata_props:
+        if prop.key == "resized_to":
+            prop.value = json.dumps([32, 32, "center_crop"])
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.skipif(not FLOWERS.exists(), reason=f"needs the shared flowers photos ({FLOWERS})")
+def test_a_phone_rotated_photo_predicts_as_its_upright_twin(project: Path, tmp_path: Path) -> None:
+    """A phone stores the sensor's pixels sideways and an EXIF Orientation 6 (what every viewer
+    shows upright): `python -m stages.predict` gives it the label and probabilities of the same
+    photo stored upright, with the model's own resize and with ingest's."""
+    photo = flower_photo()
+    assert photo.shape[0] != photo.shape[1]  # a turn changes what center_crop keeps
+    src = tmp_path / "phone"
+    src.mkdir()
+    tags = Image.Exif()
+    tags[0x0112] = 6
+    Image.fromarray(photo).save(src / "upright.jpg", quality=95, subsampling=0)
+    sideways = Image.fromarray(np.ascontiguousarray(np.rot90(photo)))  # as the sensor stored it
+    sideways.save(src / "rotated.jpg", quality=95, subsampling=0, exif=tags.tobytes())
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    for model in (None, resized_model(project, tmp_path / "resized.onnx")):
+        out = tmp_path / f"{'native' if model is None else 'resized'}.csv"
+        cmd = [sys.executable, "-m", "stages.predict", str(src), "-o", str(out), "--probabilities"]
+        proc = subprocess.run(
+            [*cmd, *(["--model", str(model)] if model else [])],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        table = {r["file"]: r for r in rows(out)}
+        assert set(table) == {"upright.jpg", "rotated.jpg"} and not any(r["error"] for r in table.values())
+        assert table["rotated.jpg"]["label"] == table["upright.jpg"]["label"]
+        p = {f: np.array([float(r[f"p_{c}"]) for c in CLASSES]) for f, r in table.items()}
+        np.testing.assert_allclose(p["rotated.jpg"], p["upright.jpg"], atol=0.01)
+        # What the model was given: the upright photo, far from the pixels as stored.
+        as_ingest = decode_image("u", (src / "upright.jpg").read_bytes(), size=32)
+        rotated = decode_image("r", (src / "rotated.jpg").read_bytes(), size=32)
+        stored = np.asarray(Image.fromarray(np.asarray(sideways)).resize((32, 32)), np.int32)
+        assert np.abs(rotated.astype(int) - as_ingest).mean() < 3 < np.abs(stored - as_ingest).mean()
+
+
+def test_heic_and_every_accepted_format_are_predicted_like_their_png_twin(project: Path, tmp_path: Path) -> None:
+    """predict reads what ingest reads (one list of suffixes): a HEIC written by pillow-heif is
+    predicted as the same pixels in a PNG."""
+    from tlpipe.data.images import IMAGE_SUFFIXES
+
+    register_openers()
+    src, pixels = images_dir(tmp_path / "in", 1)
+    lossless = {".heic": {"quality": -1, "chroma": 444, "matrix_coefficients": 0}, ".webp": {"lossless": True}}
+    for suffix in (".heic", ".heif", ".webp", ".tif", ".bmp"):
+        assert suffix in IMAGE_SUFFIXES
+        fmt = {".heic": "HEIF", ".heif": "HEIF", ".tif": "TIFF"}.get(suffix)
+        options = lossless.get(suffix, lossless[".heic"] if suffix == ".heif" else {})
+        Image.fromarray(pixels[0]).save(src / f"img1{suffix}", format=fmt, **options)
+    summary = predict(str(src), tmp_path / "p.csv", params(probabilities=True), Paths(project))
+    assert summary["images"] == 6 and summary["unreadable"] == 0
+    table = rows(tmp_path / "p.csv")
+    got = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in table])
+    np.testing.assert_allclose(
+        got, np.repeat(open_model(Paths(project).onnx_model).predict(pixels, 8), 6, 0), atol=2e-6
+    )

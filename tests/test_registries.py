@@ -67,7 +67,7 @@ def test_a_registered_source_is_a_data_source_value_and_ingest_reads_it(tmp_path
     assert info.classes == TOY_CLASSES and list(info.image_shape) == [8, 8, 3]
     assert info.source["kind"] == "toy" and info.source["path"] == "toy" and info.source["seed_file"] == "seed.txt"
     assert metrics["counts"] == {"train": 30, "val": 10, "test": 10}
-    x, y = load_split(tmp_path / "data" / "prepared", "test", mmap=False)
+    x, y = load_split(tmp_path / "data" / "prepared", "test")
     toy_test = read_toy(tmp_path / "toy", None).splits["test"]
     assert sorted(map(bytes, x)) == sorted(map(bytes, toy_test.images)) and sorted(y) == sorted(toy_test.labels)
     # It is a local source: a URL is refused, as for every source that does not download.

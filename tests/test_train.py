@@ -15,6 +15,7 @@ import yaml
 
 from tests.conftest import MOBILENET_V2_035, REPO
 from tlpipe.config.params import Params, with_overrides
+from tlpipe.data.dataset import load_split
 from tlpipe.paths import Paths
 
 WEIGHTS = str(MOBILENET_V2_035) if MOBILENET_V2_035.is_file() else "none"
@@ -64,7 +65,7 @@ def test_train_writes_the_head_model_reports_and_feature_cache(prepared_dir: Pat
     metrics = train_run(tiny_params(), paths)
 
     model = keras.models.load_model(paths.head_model)
-    pixels = np.load(paths.prepared / "test_images.npy")
+    pixels = load_split(paths.prepared, "test")[0]
     probs = model.predict(pixels, verbose=0)
     assert probs.shape == (len(pixels), 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
@@ -79,7 +80,7 @@ def test_train_writes_the_head_model_reports_and_feature_cache(prepared_dir: Pat
         rows = (reports / "plots" / "metrics" / f"{curve}.tsv").read_text().splitlines()
         assert len(rows) == 1 + 2, curve  # header + one row per epoch
     assert "backbone (Functional)" in (reports / "summary.txt").read_text()
-    assert len(list(paths.features.glob("mobilenetv2-32px-*/*.npy"))) == 2  # train and val
+    assert len(list(paths.features.glob("mobilenetv2-32px-*/*/index.json"))) == 2  # train and val
 
     # Same params again: the cache is hit and, ops being deterministic on CPU, the metrics match.
     again = train_run(tiny_params(), paths)

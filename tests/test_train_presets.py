@@ -25,7 +25,7 @@ def repo_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
-@pytest.mark.parametrize("name", ["gpu", *SEEDS])
+@pytest.mark.parametrize("name", ["gpu", "photos", *SEEDS])
 def test_presets_are_valid_over_params_yaml(name: str) -> None:
     params = presets.apply(presets.load_preset(name), repo_params())
     get_backbone(params.backbone)
@@ -62,6 +62,28 @@ def test_cli_prints_overrides_and_rejects_unknown_presets(capsys) -> None:
     with pytest.raises(SystemExit):
         presets_cli.main(["nope"])
     assert "preset 'nope' not found" in capsys.readouterr().err
+
+
+def test_photos_preset_trains_photos_at_the_backbones_own_size_and_composes_with_gpu(capsys) -> None:
+    """photos: every photo stored at 224 × 224, the size MobileNetV2 takes (nothing resized twice);
+    only resolution keys, so a machine's preset merges with it (later names win)."""
+    from tlpipe.model.backbones import resolve_image_size
+
+    params = presets.apply(presets.load_preset("photos"), repo_params())
+    size = resolve_image_size(get_backbone(params.backbone), params.model.image_size, params.model.image_scale)
+    assert params.data.source == "folder" and params.data.image_size == size == 224
+    assert params.data.resize_mode == "center_crop"
+    presets_cli.main(["photos"])
+    assert capsys.readouterr().out.split() == ["-S", "data.image_size=224", "-S", "model.image_scale=1.0"]
+
+    presets_cli.main(["gpu", "photos", "--command"])
+    words = shlex.split(capsys.readouterr().out)
+    assert words[:5] == ["dvc", "exp", "run", "-n", "gpu-photos"]
+    assert {"backbone=convnext_tiny", "data.image_size=224", "runtime.xla=true"} <= set(words)
+    assert len([w for w in words if w.startswith("model.image_scale=")]) == 1  # each key once
+    merged = presets.apply(presets.deep_merge(presets.load_preset("gpu"), presets.load_preset("photos")), repo_params())
+    size = resolve_image_size(get_backbone(merged.backbone), merged.model.image_size, merged.model.image_scale)
+    assert merged.data.image_size == size == 224
 
 
 # InceptionV3 and ResNet50 spend ~25 s each tracing their backward pass: slow-marked.

@@ -36,7 +36,7 @@ def flipped(tmp_path_factory) -> Path:
 def test_flip_tta_is_the_mean_over_the_image_and_its_mirror(flipped: Path) -> None:
     paths = Paths(flipped)
     single = load_keras_model(paths.model)
-    x, _ = load_split(paths.prepared, "test", mmap=False)
+    x, _ = load_split(paths.prepared, "test")
     x = x.astype("float32")
     want = (single.predict(x, verbose=0) + single.predict(x[:, :, ::-1], verbose=0)) / 2
     np.testing.assert_allclose(with_tta(single, "flip").predict(x, verbose=0), want, atol=1e-6)
@@ -48,7 +48,7 @@ def test_flip_tta_is_the_mean_over_the_image_and_its_mirror(flipped: Path) -> No
 def test_the_exported_model_holds_the_tta_and_says_so(flipped: Path) -> None:
     paths = Paths(flipped)
     info = load_info(paths.prepared)
-    x, y = load_split(paths.prepared, "test", mmap=False)
+    x, y = load_split(paths.prepared, "test")
     shipped = open_model(paths.onnx_model, info=info)
     single = open_model(paths.variants / "model.single.onnx", info=info)
     meta = shipped.session.get_modelmeta().custom_metadata_map

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from stages import ingest, validate
+from tests.conftest import rewrite_split
 from tests.inputs import make_class_tree
 from tlpipe.config.params import parse_params
-from tlpipe.data.dataset import images_file, labels_file
+from tlpipe.data.dataset import load_split
 from tlpipe.paths import Paths
 
 CLASSES = ["a", "b", "c"]
@@ -57,13 +58,11 @@ def test_image_shared_between_train_and_test_fails(tmp_path: Path) -> None:
 
 def test_blank_images_duplicates_and_imbalance_fail(tmp_path: Path) -> None:
     paths, params = ingested(tmp_path)
-    x = np.load(images_file(paths.prepared, "train"))
-    y = np.load(labels_file(paths.prepared, "train"))
+    x, y = load_split(paths.prepared, "train")
     x[0] = 0  # a blank image
     x[2] = x[1]  # a duplicate within train
     keep = ~((y == 2) & (np.arange(len(y)) % 2 == 0))  # class 2 at half strength
-    np.save(images_file(paths.prepared, "train"), x[keep])
-    np.save(labels_file(paths.prepared, "train"), y[keep])
+    rewrite_split(paths.prepared, "train", x[keep], y[keep])
     (paths.prepared / "manifest.csv").unlink()  # stale now; validate must not depend on it
     with pytest.raises(validate.ValidationFailed) as err:
         validate.run(params, paths)
@@ -75,9 +74,9 @@ def test_blank_images_duplicates_and_imbalance_fail(tmp_path: Path) -> None:
 
 def test_missing_class_in_a_split_and_label_out_of_range(tmp_path: Path) -> None:
     paths, params = ingested(tmp_path)
-    y = np.load(labels_file(paths.prepared, "val"))
+    x, y = load_split(paths.prepared, "val")
     y[y == 1] = 7
-    np.save(labels_file(paths.prepared, "val"), y)
+    rewrite_split(paths.prepared, "val", x, y)
     with pytest.raises(validate.ValidationFailed) as err:
         validate.run(params, paths)
     message = str(err.value)

@@ -91,7 +91,7 @@ def tiny_project(tmp_path_factory) -> Path:
         root = tmp_path_factory.mktemp("tiny_project")
         write_prepared(root / "data" / "prepared", CLASSES, {"train": 16, "val": 4, "test": 8})
         model = build_tiny_model(len(CLASSES))
-        x, y = load_split(root / "data" / "prepared", "train", mmap=False)
+        x, y = load_split(root / "data" / "prepared", "train")
         fit_head(model, x, y)
         (root / "models").mkdir()
         model.save(root / "models" / "model.keras")

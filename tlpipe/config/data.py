@@ -30,7 +30,7 @@ class LabelsParams(Section):
     images: str = Field("train", min_length=1)
     id_column: str = Field("id", min_length=1)
     label_column: str = Field("label", min_length=1)
-    # The image of id `7` is `7<image_suffix>`; an id that already ends in .png/.jpg/.jpeg (a
+    # The image of id `7` is `7<image_suffix>`; an id that already ends in an image suffix (a
     # `filename,label` file: id_column=filename) names its file as it is.
     image_suffix: str = Field(".png", pattern=r"^\.[A-Za-z0-9]+$")
     # Images in the folder that the labels file does not name: an error, or skipped (and counted).
@@ -56,15 +56,21 @@ class DataParams(Section):
 
     # A name in the registry of sources (tlpipe.data.sources):
     # keras: the CIFAR-10 python tarball downloaded from data.path (a URL) by Keras's downloader;
-    # cifar_python: that tarball on disk; folder: <split>/<class>/*.{png,jpg,jpeg} as a directory
+    # cifar_python: that tarball on disk; folder: <split>/<class>/<image> as a directory
     # or a .tar/.tar.gz/.tgz/.zip/.7z archive; labels_file: images named in a labels file (`labels`).
     source: str = "keras"
     # The data itself, and a DVC dependency of ingest (dvc.yaml: ${data.path}), so changed data
     # reruns ingest. Relative paths are from the project root. keras: the URL (default: the source's,
     # tlpipe.data.sources.CIFAR10_URL).
     path: str | None = None
-    # Expected SHA-256 of the source archive. cifar_python and keras default to the published one.
+    # Expected SHA-256 of the file at sha256_path, checked before anything in it is parsed. The pin
+    # belongs to that path: it holds while data.path names the same path (both resolved from the
+    # project root), and another data.path has no pin (tlpipe.data.raw.pinned_sha256), so
+    # `-S data.path=...` alone never checks your data against another file's checksum. Empty
+    # sha256_path: the pin is data.path's, whatever it names. cifar_python and keras default to the
+    # published CIFAR-10 checksum when no pin holds.
     sha256: str | None = None
+    sha256_path: str | None = None
     val_fraction: float = Field(0.1, gt=0, lt=1)
     # Only used when the source has no test split of its own.
     test_fraction: float = Field(0.1, gt=0, lt=1)

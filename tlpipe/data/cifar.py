@@ -15,7 +15,7 @@ import numpy as np
 
 from tlpipe.data.archives import iter_entries
 from tlpipe.data.dataset import CIFAR10_CLASSES
-from tlpipe.data.raw import RawDataset, RawSplit, verify_sha256
+from tlpipe.data.raw import RawDataset, RawSplit, pinned_sha256, verify_sha256
 from tlpipe.util.errors import DataError, first_line
 
 if TYPE_CHECKING:
@@ -123,9 +123,10 @@ def download_cifar_python(url: str, expected_sha256: str | None = None) -> Path:
 
 def read_file(path: Path, data: DataParams) -> RawDataset:
     """data.source cifar_python: the tarball on disk."""
-    return read_cifar_python(path, data.sha256)
+    return read_cifar_python(path, pinned_sha256(data))
 
 
 def read_download(url: str, data: DataParams) -> RawDataset:
     """data.source keras: the tarball at data.path (a URL), downloaded by Keras's downloader."""
-    return read_cifar_python(download_cifar_python(url, data.sha256), data.sha256, kind="keras")
+    expected = pinned_sha256(data)
+    return read_cifar_python(download_cifar_python(url, expected), expected, kind="keras")

@@ -1,8 +1,10 @@
 """The prepared-data contract between ingest and every later stage.
 
-`data/prepared/` holds, per split in SPLITS, `<split>_images.npy` (uint8, N×H×W×3, RGB, native
-resolution) and `<split>_labels.npy` (int64, N), plus `dataset.json` (class names, image shape,
-per-split counts and content fingerprints, source) and `manifest.csv` (one row per image).
+`data/prepared/` holds, per split in SPLITS, TFRecord shards `<split>-NNNNN-of-MMMMM.tfrecord`
+of (uint8 H×W×3 RGB image, int64 label) records (tlpipe.data.records), in a seeded shuffled
+order, so that streaming a few shards at a time already mixes the classes; `dataset.json` (class
+names, image shape, per-split counts and content fingerprints, source, and the shard index) and
+`manifest.csv` (one row per image, in stored order).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from tlpipe.data.records import Records
 from tlpipe.util.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -29,18 +32,11 @@ class DatasetInfo:
     counts: dict[str, int]
     fingerprints: dict[str, str]
     source: dict[str, Any]
+    shards: dict[str, dict[str, Any]]
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
-
-
-def images_file(prepared: Path, split: str) -> Path:
-    return prepared / f"{split}_images.npy"
-
-
-def labels_file(prepared: Path, split: str) -> Path:
-    return prepared / f"{split}_labels.npy"
 
 
 def load_info(prepared: str | Path) -> DatasetInfo:
@@ -55,23 +51,29 @@ def load_info(prepared: str | Path) -> DatasetInfo:
         counts=dict(raw["counts"]),
         fingerprints=dict(raw["fingerprints"]),
         source=dict(raw.get("source", {})),
+        shards=dict(raw.get("shards", {})),
     )
 
 
-def load_split(prepared: str | Path, split: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Images (uint8 N×H×W×3) and labels (int64 N) of one split; memory-mapped by default."""
+def split_records(prepared: str | Path, split: str, info: DatasetInfo | None = None) -> Records:
+    """The shards of one split, checked against the index in dataset.json."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    prepared = Path(prepared)
-    mode = "r" if mmap else None
-    try:
-        x = np.load(images_file(prepared, split), mmap_mode=mode, allow_pickle=False)
-        y = np.load(labels_file(prepared, split), mmap_mode=mode, allow_pickle=False)
-    except FileNotFoundError as err:
-        raise DataError(f"{err.filename}: not found; run the ingest stage first (dvc repro ingest)") from None
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3 or len(x) != len(y):
+    info = info or load_info(prepared)
+    entry = info.shards.get(split)
+    if entry is None:
         raise DataError(
-            f"{images_file(prepared, split)}: expected uint8 N×H×W×3 images matching {len(y)} labels, "
-            f"got {x.dtype} {x.shape}"
+            f"{Path(prepared) / INFO_FILE}: no shard index for split {split!r}; "
+            "rerun the ingest stage (dvc repro ingest)"
         )
-    return x, y
+    records = Records.from_index(prepared, entry)
+    if records.dtype != "uint8" or len(records.shape) != 3 or records.shape[-1] != 3:
+        raise DataError(
+            f"{prepared}: split {split!r} holds {records.dtype} {records.shape} records, expected uint8 H×W×3"
+        )
+    return records
+
+
+def load_split(prepared: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (uint8 N×H×W×3) and labels (int64 N) of one split, all in memory (small data, tests)."""
+    return split_records(prepared, split).load()

@@ -1,4 +1,4 @@
-"""Class-folder images: `<split>/<class>/*.{png,jpg,jpeg}` (or `<class>/*` as one train split),
+"""Class-folder images: `<split>/<class>/*.<image suffix>` (or `<class>/*` as one train split),
 from a directory or an archive. Class names come from folder names, in CIFAR-10's order when
 they are CIFAR-10's classes, sorted otherwise.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -14,8 +15,9 @@ import numpy as np
 
 from tlpipe.data.archives import iter_entries
 from tlpipe.data.dataset import CIFAR10_CLASSES, SPLITS
-from tlpipe.data.images import decode_image
-from tlpipe.data.raw import RawDataset, RawSplit, check_trainable, verify_sha256
+from tlpipe.data.decoding import decode_all
+from tlpipe.data.images import IMAGE_SUFFIXES, decode_image
+from tlpipe.data.raw import RawDataset, RawSplit, check_trainable, pinned_sha256, verify_sha256
 from tlpipe.util.errors import DataError
 from tlpipe.util.hashing import sha256_file
 
@@ -24,7 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__spec__.name)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SPLIT_ALIASES = {
     "train": "train",
     "training": "train",
@@ -50,7 +51,7 @@ def class_order(names: set[str]) -> list[str]:
 def _layout(path: Path, files: list[PurePosixPath]) -> tuple[int, bool]:
     """Where the split and class levels are: returns (class level index, has split level)."""
     if not files:
-        raise DataError(f"{path}: no images found (expected <split>/<class>/*.png|jpg|jpeg)")
+        raise DataError(f"{path}: no images found (expected <split>/<class>/*{'|'.join(IMAGE_SUFFIXES)})")
     depths = {len(f.parts) for f in files}
     if len(depths) != 1:
         raise DataError(
@@ -69,29 +70,36 @@ def read_class_folders(path: Path, data: DataParams) -> RawDataset:
     digest = None
     if path.is_file():
         # Refused before any image is decoded: a wrong archive is never half read.
-        digest = verify_sha256(path, data.sha256) if data.sha256 else sha256_file(path)
-    blobs: dict[PurePosixPath, bytes] = {}
+        digest = verify_sha256(path, pinned) if (pinned := pinned_sha256(data)) else sha256_file(path)
+    # First the names (nothing read), so that a bad layout is refused before any decoding.
+    names: list[PurePosixPath] = []
     dirs: list[PurePosixPath] = []
     skipped = 0
-    for name, is_dir, blob in iter_entries(path):
-        if is_dir:
-            dirs.append(name)
-        elif name.suffix.lower() in IMAGE_SUFFIXES:
-            blobs[name] = blob or b""
+
+    def listed(name: PurePosixPath) -> bool:
+        nonlocal skipped
+        if name.suffix.lower() in IMAGE_SUFFIXES:
+            names.append(name)
         elif not name.name.startswith("."):
             skipped += 1
-    files = sorted(blobs)
+        return False
+
+    for name, is_dir, _ in iter_entries(path, listed):
+        if is_dir:
+            dirs.append(name)
+    files = sorted(names)
     class_level, has_split = _layout(path, files)
     by_split = _group(path, files, dirs, class_level, has_split)
     classes = class_order(set().union(*(set(c) for c in by_split.values())))
     index = {c: i for i, c in enumerate(classes)}
 
     converted: Counter = Counter()
-    splits: dict[str, RawSplit] = {}
-    first: list[tuple[tuple[int, ...], str]] = []
-    for split in (s for s in SPLITS if s in by_split):
-        members = [(f, index[f.parts[class_level]]) for c in classes for f in by_split[split][c]]
-        splits[split] = decode_split(path, members, blobs, data, converted, first)
+    members = {
+        split: [(f, index[f.parts[class_level]]) for c in classes for f in by_split[split][c]]
+        for split in SPLITS
+        if split in by_split
+    }
+    splits = decode_splits(path, members, data, converted)
     check_trainable(path, classes, splits)
     if converted:
         log.warning("converted to RGB: %s", ", ".join(f"{n} {m} image(s)" for m, n in sorted(converted.items())))
@@ -110,45 +118,51 @@ def read_class_folders(path: Path, data: DataParams) -> RawDataset:
     )
 
 
-def decode_split(
+def origin_of(path: Path, member: PurePosixPath) -> str:
+    return f"{path}:{member}" if path.is_file() else str(path / member)
+
+
+def decode_splits(
     path: Path,
-    members: list[tuple[PurePosixPath, int]],
-    blobs: dict[PurePosixPath, bytes],
+    members: dict[str, list[tuple[PurePosixPath, int]]],
     data: DataParams,
     converted: Counter,
-    first: list[tuple[tuple[int, ...], str]],
-) -> RawSplit:
-    """The (file, label) members decoded into one split, each blob dropped once decoded.
+    keep: Callable[[PurePosixPath], bool] | None = None,
+    nested: bool = False,
+) -> dict[str, RawSplit]:
+    """Every split's (file, label) members decoded (tlpipe.data.decoding), read in the source's
+    own order in one pass, each split's images in its members' order.
 
-    Every image must have the shape of the first one decoded (kept in `first`, shared by the
-    splits of one source), unless data.image_size resizes them all as they are read.
+    Every image must have the shape of the first one decoded, unless data.image_size resizes them
+    all as they are read. `keep`/`nested`: how iter_entries reads the source (the member set by default).
     """
-    images: np.ndarray | None = None
-    labels = np.empty(len(members), np.int64)
-    for i, (f, label) in enumerate(members):
-        origin = f"{path}:{f}" if path.is_file() else str(path / f)
-        img = decode_image(
+    wanted = {f for split in members.values() for f, _ in split}
+
+    def decode(origin: str, blob: bytes, counts: Counter) -> np.ndarray:
+        return decode_image(
             origin,
-            blobs.pop(f),
+            blob,
             color_mode=data.color_mode,
             size=data.image_size,
             resize_mode=data.resize_mode,
-            converted=converted,
+            converted=counts,
         )
-        if not first:
-            first.append((img.shape, origin))
-        elif img.shape != first[0][0]:
-            h, w = img.shape[:2]
-            raise DataError(
-                f"{origin}: image is {w}x{h}, expected {first[0][0][1]}x{first[0][0][0]} like {first[0][1]}; "
-                "all images must share one size: set data.image_size to resize them as they are read, "
-                "or resize them first"
-            )
-        if images is None:
-            images = np.empty((len(members), *img.shape), np.uint8)
-        images[i] = img
-        labels[i] = label
-    return RawSplit(images, labels, [str(f) for f, _ in members])
+
+    entries = (
+        (origin_of(path, name), blob or b"")
+        for name, is_dir, blob in iter_entries(path, keep or wanted.__contains__, nested=nested)
+        if not is_dir and name in wanted
+    )
+    pool, rows = decode_all(entries, decode, converted)
+    splits = {}
+    for split, pairs in members.items():
+        origins = [origin_of(path, f) for f, _ in pairs]
+        missing = next((o for o in origins if o not in rows), None)
+        if missing is not None:
+            raise DataError(f"{missing}: listed but not read back from the source (changed while ingest ran?)")
+        labels = np.asarray([label for _, label in pairs], np.int64)
+        splits[split] = RawSplit(pool.view([rows[o] for o in origins]), labels, [str(f) for f, _ in pairs])
+    return splits
 
 
 def _group(
@@ -168,7 +182,7 @@ def _group(
     for split in sorted(by_split, key=list(SPLITS).index):
         for cls, members in sorted(by_split[split].items()):
             if not members:
-                raise DataError(f"{path}: class folder {split}/{cls} is empty (no .png/.jpg/.jpeg images)")
+                raise DataError(f"{path}: class folder {split}/{cls} is empty (no {'/'.join(IMAGE_SUFFIXES)} images)")
     class_sets = {split: set(c) for split, c in by_split.items()}
     all_classes = set().union(*class_sets.values())
     for split, present in class_sets.items():

@@ -22,8 +22,9 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from tlpipe.data.archives import iter_entries, safe_member_name
-from tlpipe.data.folders import IMAGE_SUFFIXES, class_order, decode_split, resized_to
-from tlpipe.data.raw import RawDataset, RawSplit, check_trainable, verify_sha256
+from tlpipe.data.folders import class_order, decode_splits, resized_to
+from tlpipe.data.images import IMAGE_SUFFIXES
+from tlpipe.data.raw import RawDataset, check_trainable, pinned_sha256, verify_sha256
 from tlpipe.util.errors import DataError
 from tlpipe.util.hashing import sha256_file
 
@@ -137,23 +138,26 @@ def read_labelled(path: Path, data: DataParams) -> RawDataset:
     digest = None
     if path.is_file():
         # Refused before any image is decoded: a wrong archive is never half read.
-        digest = verify_sha256(path, data.sha256) if data.sha256 else sha256_file(path)
+        digest = verify_sha256(path, pinned) if (pinned := pinned_sha256(data)) else sha256_file(path)
     sources = {"train": (safe_member_name("data.labels.file", p.file), _folder(p.images))}
     if p.test_file:
         sources["test"] = (safe_member_name("data.labels.test_file", p.test_file), _folder(p.test_images))
     label_files = {f for f, _ in sources.values()}
     folders = [d for _, d in sources.values()]
 
+    images: set[PurePosixPath] = set()
+
     def keep(member: PurePosixPath) -> bool:
-        return member in label_files or (
-            member.suffix.lower() in IMAGE_SUFFIXES and any(_under(d, member) for d in folders)
-        )
+        """Label files are read now; images are only listed (decoded once the labels are checked)."""
+        if member.suffix.lower() in IMAGE_SUFFIXES and any(_under(d, member) for d in folders):
+            images.add(member)
+        return member in label_files
 
     blobs: dict[PurePosixPath, bytes] = {}
     for name, is_dir, blob in iter_entries(path, keep, nested=True):
         if not is_dir:
             blobs[name] = blob or b""
-    images = {n for n in blobs if n not in label_files}
+    images -= label_files
 
     listed: dict[str, list[Row]] = {}
     skipped: dict[str, int] = {}
@@ -177,14 +181,9 @@ def read_labelled(path: Path, data: DataParams) -> RawDataset:
                 )
     classes = list(p.classes) if p.classes else class_order(labels)
     index = {c: i for i, c in enumerate(classes)}
-    for n in images - {r.image for rows in listed.values() for r in rows}:
-        blobs.pop(n, None)  # unlisted images, skipped: not kept in memory
-
     converted: Counter = Counter()
-    first: list[tuple[tuple[int, ...], str]] = []
-    splits: dict[str, RawSplit] = {}
-    for split, rows in listed.items():
-        splits[split] = decode_split(path, [(r.image, index[r.label]) for r in rows], blobs, data, converted, first)
+    members = {split: [(r.image, index[r.label]) for r in rows] for split, rows in listed.items()}
+    splits = decode_splits(path, members, data, converted, nested=True)
     check_trainable(path, classes, splits)
     if converted:
         log.warning("converted to RGB: %s", ", ".join(f"{n} {m} image(s)" for m, n in sorted(converted.items())))

@@ -7,18 +7,28 @@ disk, so a bad source loses nothing.
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tlpipe.data.decoding import PoolView
+from tlpipe.paths import Paths
 from tlpipe.util.errors import DataError
 from tlpipe.util.hashing import sha256_file
+
+if TYPE_CHECKING:
+    from tlpipe.config.data import DataParams
+
+log = logging.getLogger(__spec__.name)
 
 
 @dataclass
 class RawSplit:
-    images: np.ndarray  # uint8 N×H×W×3
+    images: np.ndarray | PoolView  # uint8 N×H×W×3, in memory or decoded into a pool on disk
     labels: np.ndarray  # int64 N
     origins: list[str]  # where each image came from (file or archive member)
 
@@ -28,6 +38,35 @@ class RawDataset:
     classes: list[str]
     splits: dict[str, RawSplit]
     source: dict[str, object] = field(default_factory=dict)
+
+
+def pinned_sha256(data: DataParams) -> str | None:
+    """The SHA-256 that data.sha256 pins data.path to, or None when no pin holds for it.
+
+    A pin belongs to the path it was taken of (data.sha256_path): it holds while data.path names
+    that path (`./x/../y` is `y`; relative paths resolved from the project root, as the stages
+    resolve data.path), or for any data.path when sha256_path is empty. Another data.path has no
+    pin, so params.yaml's pin of the CIFAR-10 tarball never stops `-S data.path=/path/to/photos`;
+    DVC still reruns ingest on changed data.
+    """
+    expected, pinned, path = data.sha256, data.sha256_path, data.path
+    if not expected:
+        return None
+    if pinned is None or _same_path(pinned, path or ""):
+        return expected
+    log.info("data.sha256 pins %s, not data.path %s: no checksum to check", pinned, path)
+    return None
+
+
+def _same_path(a: str, b: str) -> bool:
+    """The same URL, or the same local path: as written (normalised), or once resolved from the
+    project root the way the stages resolve data.path (tlpipe.paths.Paths.resolve: so an absolute
+    data.path, as flows.compare writes for an experiment's copy, keeps a relative pin of it)."""
+    if a.startswith(("http://", "https://")) or b.startswith(("http://", "https://")):
+        return a == b
+    if os.path.normpath(os.path.expanduser(a)) == os.path.normpath(os.path.expanduser(b)):
+        return True
+    return Paths().resolve(a).resolve() == Paths().resolve(b).resolve()
 
 
 def verify_sha256(path: Path, expected: str) -> str:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tlpipe.data.dataset import SPLITS
+from tlpipe.data.decoding import PoolView
 from tlpipe.data.raw import RawDataset, RawSplit
 from tlpipe.util.errors import DataError
 
@@ -23,8 +24,11 @@ if TYPE_CHECKING:
 Split = tuple[RawSplit, list[str]]  # the split and its images' content hashes
 
 
-def image_hashes(images: np.ndarray) -> list[str]:
-    """SHA-256 of each image's pixels: equal pixels, equal hash, whatever the file format."""
+def image_hashes(images: np.ndarray | PoolView) -> list[str]:
+    """SHA-256 of each image's pixels: equal pixels, equal hash, whatever the file format (images
+    decoded into a pool were hashed as they were decoded)."""
+    if isinstance(images, PoolView):
+        return images.hashes
     return [hashlib.sha256(img.tobytes()).hexdigest() for img in images]
 
 

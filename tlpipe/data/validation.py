@@ -10,33 +10,37 @@ import numpy as np
 import pandas as pd
 
 from tlpipe.config.validate import ValidateParams
-from tlpipe.data.dataset import MANIFEST_FILE, SPLITS, DatasetInfo, load_split
+from tlpipe.data.dataset import MANIFEST_FILE, SPLITS, DatasetInfo, split_records
 
 
 def image_table(prepared: Path) -> pd.DataFrame:
-    """One row per image with the statistics the suite checks, computed from the arrays themselves."""
+    """One row per image with the statistics the suite checks, computed from the images themselves."""
     manifest_path = prepared / MANIFEST_FILE
     manifest = pd.read_csv(manifest_path) if manifest_path.exists() else None
     frames = []
     for split in SPLITS:
-        x, y = load_split(prepared, split)
-        # Per-image statistics in chunks: never a float copy of the whole split.
-        means, stds = np.empty(len(x)), np.empty(len(x))
-        for i in range(0, len(x), 2048):
-            chunk = np.asarray(x[i : i + 2048], dtype=np.float32).reshape(len(x[i : i + 2048]), -1)
-            means[i : i + 2048], stds[i : i + 2048] = chunk.mean(1), chunk.std(1)
+        records = split_records(prepared, split)
+        # Per-image statistics a batch at a time, streamed from the shards.
+        means, stds, hashes, labels = [], [], [], []
+        for x, y in records.batches(records.scan_batch):
+            flat = x.reshape(len(x), -1).astype(np.float32)
+            means.append(flat.mean(1))
+            stds.append(flat.std(1))
+            hashes += [hashlib.sha256(img.tobytes()).hexdigest() for img in x]
+            labels.append(y)
+        h, w, c = records.shape
         frame = pd.DataFrame(
             {
                 "split": split,
-                "index": np.arange(len(x)),
-                "label": y.astype(np.int64),
-                "height": x.shape[1],
-                "width": x.shape[2],
-                "channels": x.shape[3],
-                "dtype": str(x.dtype),
-                "pixel_mean": means,
-                "pixel_std": stds,
-                "sha256": [hashlib.sha256(img.tobytes()).hexdigest() for img in x],
+                "index": np.arange(len(hashes)),
+                "label": np.concatenate(labels) if labels else np.empty(0, np.int64),
+                "height": h,
+                "width": w,
+                "channels": c,
+                "dtype": records.dtype,
+                "pixel_mean": np.concatenate(means) if means else np.empty(0),
+                "pixel_std": np.concatenate(stds) if stds else np.empty(0),
+                "sha256": hashes,
             }
         )
         if manifest is not None:

@@ -6,6 +6,7 @@ numbers give the same bytes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -89,13 +90,18 @@ def grid_selection(labels: np.ndarray, predicted: np.ndarray, confidence: np.nda
 
 
 def plot_predictions(
-    images: np.ndarray, labels: np.ndarray, probs: np.ndarray, classes: list[str], n: int, path: Path
+    images: Mapping[int, np.ndarray] | np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    chosen: np.ndarray,
+    path: Path,
 ) -> None:
-    """A grid of test images titled predicted (true), mistakes framed in red (see grid_selection)."""
+    """A grid of the `chosen` test images (grid_selection), titled predicted (true), mistakes
+    framed in red; `images` maps each chosen index to its image (the split need not be in memory)."""
     plt = _pyplot()
     predicted = probs.argmax(axis=1)
     wrong = np.flatnonzero(predicted != labels)
-    chosen = grid_selection(labels, predicted, probs.max(axis=1), n)
     cols = int(np.ceil(np.sqrt(max(len(chosen), 1))))
     rows = int(np.ceil(len(chosen) / cols)) or 1
     fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 1.9 * rows), squeeze=False)

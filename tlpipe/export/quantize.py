@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tlpipe.data.dataset import load_split
+from tlpipe.data.dataset import split_records
 from tlpipe.export.contract import INPUT_NAME
 from tlpipe.paths import Paths
 
@@ -133,6 +133,6 @@ def probability_tail(graph: Any) -> list[str]:
 
 def calibration_images(paths: Paths, n: int, seed: int) -> np.ndarray:
     """`n` train images, a seeded sample so that calibration never sees the test split."""
-    x, _ = load_split(paths.prepared, "train")
-    idx = np.sort(np.random.default_rng(seed).permutation(len(x))[: min(n, len(x))])
-    return np.asarray(x[idx])
+    train = split_records(paths.prepared, "train")
+    idx = np.sort(np.random.default_rng(seed).permutation(train.count)[: min(n, train.count)])
+    return train.gather(idx)[0]

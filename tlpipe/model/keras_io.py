@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import tempfile
 import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,8 @@ from tlpipe.util.errors import ModelError, first_line
 
 if TYPE_CHECKING:
     import keras
+
+    from tlpipe.data.records import Records
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -108,11 +111,25 @@ def keras_predict(model: keras.Model, images: np.ndarray, batch_size: int) -> np
     `predict_on_batch` on slices keeps a memory-mapped split on disk; `model.predict` on a whole
     array first builds a tf.data pipeline over it, which stalled for long on large arrays here.
     """
+    return predict_batches(model, (images[i : i + batch_size] for i in range(0, len(images), batch_size)))
+
+
+def keras_predict_records(model: keras.Model, records: Records, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (float32, N×C) and labels of a split streamed from its shards."""
+    labels: list[np.ndarray] = []
+
+    def images() -> Iterator[np.ndarray]:
+        for x, y in records.batches(batch_size):
+            labels.append(y)
+            yield x
+
+    probs = predict_batches(model, images())
+    return probs, np.concatenate(labels) if labels else np.empty(0, np.int64)
+
+
+def predict_batches(model: keras.Model, batches: Iterable[np.ndarray]) -> np.ndarray:
     dtype = np.dtype(model.inputs[0].dtype)
-    out = []
-    for i in range(0, len(images), batch_size):
-        batch = np.asarray(images[i : i + batch_size]).astype(dtype, copy=False)
-        out.append(np.asarray(model.predict_on_batch(batch), dtype=np.float32))
+    out = [np.asarray(model.predict_on_batch(np.asarray(b).astype(dtype, copy=False)), np.float32) for b in batches]
     if not out:
         return np.zeros((0, model.outputs[0].shape[-1]), np.float32)
     probs = np.concatenate(out)

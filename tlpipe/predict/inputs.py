@@ -20,13 +20,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from tlpipe.data.archives import is_archive_name, iter_entries
-from tlpipe.data.images import PREDICT_FORMATS, decode_image, resize_square
+from tlpipe.data.images import IMAGE_SUFFIXES, decode_image, prepare_image
 from tlpipe.util.errors import DataError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 Item = tuple[str, bytes | None, str | None]  # name, file bytes, or the error that kept them from being read
 Decoder = Callable[[str, bytes], tuple[np.ndarray, bool]]  # name, bytes → pixels, whether resized
 
@@ -100,27 +98,23 @@ def open_inputs(source: str, folder: str | None = None) -> Inputs:
 def image_decoder(shape: tuple[int, int], resized_to: list | None, resize_mode: str) -> Decoder:
     """Bytes → H×W×3 uint8 pixels as the model takes them, and whether a resize was needed.
 
-    `resized_to` ([size, size, mode], from the model's metadata) is what ingest did to every
-    training image: done here the same way (same code). Without it, training images had the
-    model's size already; other sizes are resized with `resize_mode`, or refused."""
+    Prepared by ingest's own function (tlpipe.data.images.prepare_image: decoded, turned upright,
+    converted to RGB, resized). `resized_to` ([size, size, mode], from the model's metadata) is
+    what ingest did to every training image: done here the same way. Without it, training images
+    had the model's size already; other sizes are resized with `resize_mode`, or refused."""
     height, width = shape
 
     def decode(name: str, data: bytes) -> tuple[np.ndarray, bool]:
         if resized_to:
             size, mode = int(resized_to[0]), str(resized_to[2])
-            return decode_image(name, data, size=size, resize_mode=mode, formats=PREDICT_FORMATS), False
-        img = decode_image(name, data, formats=PREDICT_FORMATS)
-        if img.shape[:2] == (height, width):
-            return img, False
-        if resize_mode == "refuse":
+            return decode_image(name, data, size=size, resize_mode=mode), False
+        img, resized = prepare_image(name, data, shape=shape, resize_mode=resize_mode)
+        if img.shape[:2] != (height, width):  # resize_mode 'refuse' leaves other sizes as they are
             raise DataError(
                 f"{name}: image is {img.shape[1]}x{img.shape[0]}, the model takes {width}x{height} "
                 "(predict.resize_mode is 'refuse')"
             )
-        pil = Image.fromarray(img)
-        if height == width:
-            return np.asarray(resize_square(pil, height, resize_mode)), True
-        return np.asarray(pil.resize((width, height), Image.Resampling.BICUBIC, reducing_gap=3.0)), True
+        return img, resized
 
     return decode
 

@@ -5,6 +5,9 @@ augmentation from stateless TF random ops seeded with (seed, epoch, step). Nothi
 what ran before, so a run resumed mid-epoch (tlpipe.training.loop) sees exactly the batches an
 uninterrupted run would have seen, and the same params give the same batches on every machine.
 
+A split too large for memory is streamed from its shards instead (streamed_batches): the order
+is then the shards' seeded epoch order, still a pure function of (data, seed, epoch).
+
 Augmentation runs on native-size uint8 images (cheap: 32×32 for CIFAR-10), before the model's
 own resizing: flip, rotation, zoom and translation are one affine warp per batch (reflect fill);
 contrast is a per-image scale around the image mean.
@@ -18,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from tlpipe.config.training import AugmentParams
+from tlpipe.data.records import Records
 
 _STEP_STRIDE = 1 << 24  # (epoch, step) → one int: epochs never share a seed for up to 16M steps
 
@@ -74,6 +78,44 @@ def eval_batches(x: np.ndarray | Any, y: np.ndarray | Any, batch_size: int) -> A
     ds = tf.data.Dataset.range(n).batch(batch_size)
     return ds.map(lambda i: (tf.gather(xs, i), tf.gather(ys, i)), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE
+    )
+
+
+def streamed_batches(
+    records: Records,
+    num_classes: int,
+    *,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    augment: AugmentParams | None = None,
+    steps: int | None = None,
+) -> Any:
+    """training_batches for a split streamed from its shards (too large to hold in memory): the
+    order is the shards' seeded epoch order (Records.epoch), the augmentation the same stateless
+    per-step randomness, records parsed a batch at a time in parallel."""
+    import tensorflow as tf
+
+    steps = steps or steps_per_epoch(records.count, batch_size)
+    active = augment is not None and is_active(augment)
+
+    def prepare(step: Any, serialized: Any) -> tuple[Any, Any]:
+        bx, labels = records.parse(serialized)
+        if active:
+            pair = tf.stack([tf.constant(seed, tf.int64), tf.constant(epoch * _STEP_STRIDE, tf.int64) + step])
+            bx = augment_batch(bx, augment, pair)
+        return bx, tf.one_hot(labels, num_classes, dtype=tf.float32)
+
+    ds = records.epoch(batch_size=batch_size, seed=seed, epoch=epoch, steps=steps)
+    return ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def streamed_eval_batches(records: Records, num_classes: int, batch_size: int) -> Any:
+    """eval_batches for a split streamed from its shards, in stored order."""
+    import tensorflow as tf
+
+    return records.dataset(batch_size).map(
+        lambda x, y: (x, tf.one_hot(y, num_classes, dtype=tf.float32)), num_parallel_calls=tf.data.AUTOTUNE
     )
 
 

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tlpipe.data.dataset import DatasetInfo, load_info, load_split
+from tlpipe.data.dataset import DatasetInfo, load_info, split_records
+from tlpipe.data.records import Records
 from tlpipe.model.classifier import ModelSpec
 from tlpipe.paths import Paths
 from tlpipe.util.errors import DataError
@@ -16,17 +17,13 @@ if TYPE_CHECKING:
     from tlpipe.config.params import Params
 
 
-def load_training_data(
-    paths: Paths,
-) -> tuple[DatasetInfo, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """dataset.json and the train and val splits in memory; empty splits are an error."""
+def load_training_data(paths: Paths) -> tuple[DatasetInfo, Records, Records]:
+    """dataset.json and the train and val splits' shards; empty splits are an error."""
     info = load_info(paths.prepared)
-    train = load_split(paths.prepared, "train", mmap=False)
-    val = load_split(paths.prepared, "val", mmap=False)
-    if len(train[0]) == 0 or len(val[0]) == 0:
-        raise DataError(
-            f"{paths.prepared}: the train and val splits must not be empty ({len(train[0])}, {len(val[0])})"
-        )
+    train = split_records(paths.prepared, "train", info)
+    val = split_records(paths.prepared, "val", info)
+    if train.count == 0 or val.count == 0:
+        raise DataError(f"{paths.prepared}: the train and val splits must not be empty ({train.count}, {val.count})")
     return info, train, val
 
 

@@ -1,8 +1,9 @@
 """The feature cache: backbone features computed once, reused by every head-training run.
 
 A frozen backbone gives the same pooled features for an image every epoch, so the head phase
-computes them once per split and trains on the stored array. Entries live in
-`<cache>/<backbone>-<size>px-<key>/<split>-<data fingerprint>.npy` (<cache>: tlpipe.paths,
+computes them once per split and trains on the stored records. Entries are folders of shards
+(tlpipe.data.records, written and read a batch at a time) with their index:
+`<cache>/<backbone>-<size>px-<key>/<split>-<data fingerprint>/` (<cache>: tlpipe.paths,
 data/features by default); the key hashes everything the features depend on (backbone, weights,
 alpha, input and backbone sizes, interpolation, pooling, precision policy, Keras version), the
 file name the split's content. A changed input of any kind is a different file, so the cache is
@@ -21,11 +22,15 @@ from typing import Any
 
 import numpy as np
 
+from tlpipe.data.records import Records, RecordsWriter
 from tlpipe.model.classifier import ModelSpec
-from tlpipe.util.atomic import atomic_file, write_json
+from tlpipe.util.atomic import atomic_dir, write_json
 from tlpipe.util.durations import format_seconds
+from tlpipe.util.errors import DataError
 
 log = logging.getLogger(__spec__.name)
+
+INDEX_FILE = "index.json"
 
 
 def cache_dir(root: Path, spec: ModelSpec, policy: str) -> Path:
@@ -48,59 +53,64 @@ def cache_dir(root: Path, spec: ModelSpec, policy: str) -> Path:
 
 
 def cache_file(directory: Path, split: str, fingerprint: str) -> Path:
-    return directory / f"{split}-{fingerprint[:16]}.npy"
+    """The folder of one split's features: shards and their index (INDEX_FILE)."""
+    return directory / f"{split}-{fingerprint[:16]}"
 
 
 def cached_features(
     extractor: Any,
-    images: np.ndarray,
+    images: Records,
     *,
     path: Path,
     describe: dict[str, Any],
     batch_size: int,
     log_every: float = 30.0,
-) -> tuple[np.ndarray, bool]:
-    """Pooled features (float32 N×F) of `images`, from the cache file `path` or computed and stored.
+) -> tuple[Records, bool]:
+    """Pooled features (float32 records of F values, with the images' labels) of a split's
+    images, from the cache folder `path` or computed and stored.
 
-    Returns (features, hit). A miss runs the frozen extractor once over the split in batches
-    (never materialising resized images) and writes the file atomically; `describe` goes into
-    the directory's cache.json, for people.
+    Returns (features, hit). A miss streams the split's shards through the frozen extractor a
+    batch at a time and writes the features as shards of their own, a batch at a time, into a
+    folder moved into place whole; `describe` goes into the cache directory's cache.json, for people.
     """
     what = f"features {path.name.split('-')[0]}"
-    if path.is_file():
-        feats = np.load(path, mmap_mode=None, allow_pickle=False)
-        if feats.shape[0] == len(images):
-            log.info("%s: cache hit %s (%d×%d)", what, path, *feats.shape)
-            return feats, True
-        log.warning("%s: %s has %d rows for %d images; recomputing", what, path, feats.shape[0], len(images))
-    feats = compute_features(extractor, images, batch_size, what, log_every)
+    index = path / INDEX_FILE
+    if index.is_file():
+        try:
+            feats = Records.from_index(path, json.loads(index.read_text()))
+        except (DataError, ValueError) as err:
+            log.warning("%s: %s unreadable (%s); recomputing", what, path, err)
+        else:
+            if feats.count == images.count:
+                log.info("%s: cache hit %s (%d×%d)", what, path, feats.count, *feats.shape)
+                return feats, True
+            log.warning("%s: %s has %d rows for %d images; recomputing", what, path, feats.count, images.count)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
-        np.save(tmp, feats, allow_pickle=False)
+    with atomic_dir(path) as tmp:
+        written = compute_features(extractor, images, tmp, batch_size, what, log_every)
+        write_json(tmp / INDEX_FILE, written.describe())
     meta = path.parent / "cache.json"
     if not meta.exists():
         write_json(meta, describe)
-    return feats, False
+    return Records.from_index(path, written.describe()), False
 
 
 def compute_features(
-    extractor: Any, images: np.ndarray, batch_size: int, what: str, log_every: float = 30.0
-) -> np.ndarray:
-    """Run `extractor` over uint8 images batch by batch through tf.data, with progress and ETA."""
+    extractor: Any, images: Records, directory: Path, batch_size: int, what: str, log_every: float = 30.0
+) -> Records:
+    """Run `extractor` over a split's images batch by batch, streamed from its shards, with
+    progress and ETA; the features are written as records into `directory`."""
     import tensorflow as tf
 
-    n = len(images)
+    n = images.count
     dim = int(extractor.outputs[0].shape[-1])
-    out = np.empty((n, dim), np.float32)
-    if n == 0:
-        return out
-    ds = image_batches(images, batch_size)
+    writer = RecordsWriter(directory, "features", count=n, shape=(dim,), dtype="float32")
     step = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
     start = last = time.perf_counter()
     done = 0
-    for batch in ds:
-        out[done : done + len(batch)] = np.asarray(step(batch), dtype=np.float32)
-        done += len(batch)
+    for x, y in images.dataset(batch_size):
+        writer.write(np.asarray(step(x), dtype=np.float32), y.numpy())
+        done += len(y)
         now = time.perf_counter()
         if now - last >= log_every and done < n:
             rate = done / (now - start)
@@ -108,15 +118,4 @@ def compute_features(
             last = now
     elapsed = time.perf_counter() - start
     log.info("%s: %d images in %s (%.0f img/s)", what, n, format_seconds(elapsed), n / max(elapsed, 1e-9))
-    return out
-
-
-def image_batches(images: np.ndarray, batch_size: int, indices: np.ndarray | None = None) -> Any:
-    """A tf.data pipeline of uint8 image batches gathered from an in-memory array (in order or by
-    `indices`); resizing happens inside the model, batch by batch."""
-    import tensorflow as tf
-
-    data = tf.constant(np.ascontiguousarray(images))
-    idx = np.arange(len(images)) if indices is None else np.asarray(indices)
-    ds = tf.data.Dataset.from_tensor_slices(idx.astype(np.int64)).batch(batch_size)
-    return ds.map(lambda i: tf.gather(data, i), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+    return writer.close()

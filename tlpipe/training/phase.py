@@ -12,12 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from tlpipe.data.records import Records
 from tlpipe.model.classifier import rebuild_float32, summary_text
 from tlpipe.model.keras_io import save_keras
-from tlpipe.training.augment import eval_batches, steps_per_epoch, training_batches
-from tlpipe.training.data import config_json, one_hot
+from tlpipe.training.augment import (
+    steps_per_epoch,
+    streamed_batches,
+    streamed_eval_batches,
+)
+from tlpipe.training.data import config_json
 from tlpipe.training.loop import EpochData, LoopResult, run_epochs
 from tlpipe.training.optim import compile_model, make_optimizer
 from tlpipe.training.reports import write_reports
@@ -38,8 +41,8 @@ def fit(
     rt: Runtime,
     *,
     phase: str,
-    train: tuple[Any, np.ndarray],
-    val: tuple[Any, np.ndarray],
+    train: Records,
+    val: Records,
     num_classes: int,
     seed: int,
     log_every: float,
@@ -51,22 +54,20 @@ def fit(
     backup_every_steps: int = 0,
     keep_last: bool = False,
 ) -> LoopResult:
-    """Compile `target` (under the strategy) and train it on `train` = (inputs, labels) for p.epochs
+    """Compile `target` (under the strategy) and train it on the `train` records (images or
+    features, streamed from their shards: tlpipe.training.augment.streamed_batches) for p.epochs
     epochs, validating on `val`; it ends holding its best epoch's weights (its last, `keep_last`).
 
     `steps` per epoch: the whole split by default; `learning_rate`: p.learning_rate by default (a
     schedule over `steps`, for instance)."""
-    x_train, y_train = train
-    x_val, y_val = val
     with rt.strategy.scope():
         rate = p.learning_rate if learning_rate is None else learning_rate
         optimizer = make_optimizer(p.optimizer, rate, weight_decay=p.weight_decay, momentum=p.momentum)
         compile_model(target, optimizer, label_smoothing=p.label_smoothing, jit_compile=rt.jit_compile)
-    steps = steps or steps_per_epoch(len(x_train), p.batch_size)
-    onehot_train = one_hot(y_train, num_classes)
+    steps = steps or steps_per_epoch(train.count, p.batch_size)
     data = EpochData(
-        make=lambda epoch: training_batches(
-            x_train, onehot_train, batch_size=p.batch_size, seed=seed, epoch=epoch, augment=augment, steps=steps
+        make=lambda epoch: streamed_batches(
+            train, num_classes, batch_size=p.batch_size, seed=seed, epoch=epoch, augment=augment, steps=steps
         ),
         steps=steps,
         samples=steps * p.batch_size,
@@ -74,7 +75,7 @@ def fit(
     return run_epochs(
         target,
         train=data,
-        val=eval_batches(x_val, one_hot(y_val, num_classes), p.batch_size),
+        val=streamed_eval_batches(val, num_classes, p.batch_size),
         epochs=p.epochs,
         early_stopping=p.early_stopping,
         batch_size=p.batch_size,
