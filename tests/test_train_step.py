@@ -65,3 +65,39 @@ def test_xla_compiles_the_step_where_runtime_allows_it(prepared_dir: Path) -> No
     config = json.loads((paths.reports("train") / "config.json").read_text())
     assert config["runtime"]["xla"] is True
     assert math.isfinite(metrics["best"]["val_loss"])
+
+
+def test_an_epoch_of_unknown_length_takes_exactly_its_steps() -> None:
+    """Streamed shards have no known cardinality. Keras 3.15's fit on such a dataset counted one
+    optimizer iteration more per epoch than it had batches (8 for 7 on tiny params: the schedule
+    and Adam's bias correction one step ahead, train accuracy over 64 samples for 56); the loop's
+    own step takes exactly one iteration per batch and averages over the samples it saw."""
+    import keras
+    import tensorflow as tf
+
+    from tlpipe.config.training import EarlyStoppingParams
+    from tlpipe.training.loop import EpochData, run_epochs
+    from tlpipe.training.optim import compile_model, make_optimizer
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    compile_model(
+        model, make_optimizer("adam", 1e-2, weight_decay=0.0, momentum=0.0), label_smoothing=0.0, jit_compile=False
+    )
+    x = np.random.default_rng(1).normal(size=(56, 4)).astype("float32")
+    y = np.eye(3, dtype="float32")[np.arange(56) % 3]
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).filter(lambda a, b: True).batch(8)
+    assert int(batches.cardinality()) == int(tf.data.UNKNOWN_CARDINALITY)
+    result = run_epochs(
+        model,
+        train=EpochData(make=lambda epoch: batches, steps=7, samples=56),
+        val=batches,
+        epochs=2,
+        early_stopping=EarlyStoppingParams(monitor="val_loss"),
+        batch_size=8,
+        phase="unknown",
+    )
+    assert int(model.optimizer.iterations.numpy()) == 14
+    correct = np.argmax(model.predict(x, verbose=0), 1) == np.arange(56) % 3
+    best = result.history[result.best_epoch - 1]  # the model holds the best epoch's weights
+    assert best["val_accuracy"] == float(np.float32(correct.sum()) / np.float32(56))
