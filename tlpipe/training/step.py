@@ -15,8 +15,9 @@ MirroredStrategy (the GPUs of one machine) and MultiWorkerMirroredStrategy (seve
   the scale (tlpipe.runtime allows float16 on one replica only: see `resolve`);
 - metrics: each replica returns the sums (loss, correct predictions, examples), summed across
   replicas and workers by `strategy.reduce`, then added to running totals the way Keras's `Mean`
-  metrics add them (float32 total += batch mean × batch size), so that one process reports what
-  `fit` reported.
+  metrics add them (float32 total += batch mean × batch size): on one process, the numbers `fit`
+  reported for the same updates. One update per batch, exactly: on a dataset of unknown length
+  (streamed shards) Keras 3.15's `fit` counted an optimizer iteration more per epoch.
 
 The totals live in a local (not mirrored) variable: it is read only for logs, backups and the
 end of an epoch, so a step does not wait for the host.
