@@ -272,6 +272,12 @@ def is_chief() -> bool:
     return kind == "worker" and index == 0 and "chief" not in (config.get("cluster") or {})
 
 
+def task_name() -> str:
+    """This process's task as TensorFlow names it in errors: /job:<type>/replica:0/task:<index>."""
+    task = _tf_config().get("task") or {}
+    return f"/job:{task.get('type', 'worker')}/replica:0/task:{int(task.get('index', 0))}"
+
+
 def float32_policy() -> Any:
     """Context in which models are rebuilt for saving: exported models are always float32."""
     import keras

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from tlpipe.runtime import task_name
+
 # Running totals: [loss × examples, correct predictions, examples] (float32, as Keras's Mean).
 LOSS, CORRECT, COUNT = 0, 1, 2
 
@@ -200,18 +202,10 @@ def lost_worker(err: BaseException, phase: str) -> ConnectionError | None:
     if type(err).__name__ not in LOST_ERRORS:
         return None
     message = getattr(err, "message", str(err))
-    mine = _own_task()
+    mine = task_name()
     tasks = [t for t in dict.fromkeys(re.findall(r"/job:\w+/replica:\d+/task:\d+", message)) if t != mine]
     tasks = [t.replace("/replica:0", "") for t in tasks] or ["a peer"]
     return ConnectionError(
         f"{phase}: lost {', '.join(tasks)} of the multi-worker cluster ({type(err).__name__}); "
         "rerun the same command on every worker: fine-tuning resumes from the chief's last backup"
     )
-
-
-def _own_task() -> str:
-    import json
-    import os
-
-    task = (json.loads(os.environ.get("TF_CONFIG") or "{}").get("task")) or {}
-    return f"/job:{task.get('type', 'worker')}/replica:0/task:{int(task.get('index', 0))}"
