@@ -1,7 +1,8 @@
 """Not a stage: the thin command line every entry point of stages/ shares (`python -m stages.<name>`).
 
 Bad input (params, data, models) raises ValueError subclasses with messages that name the file, key
-or value: the entry points print that one line and exit 1 instead of a traceback.
+or value: the entry points print that one line and exit 1 instead of a traceback. So does a
+multi-worker cluster that lost a worker (ConnectionError naming it, tlpipe.training.step).
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ def start_logging() -> None:
 
 @contextmanager
 def exit_on_bad_input() -> Iterator[None]:
-    """Bad input (ValueError, FileNotFoundError): `error: <message>` on stderr and exit 1."""
+    """Bad input (ValueError, FileNotFoundError) or a lost cluster worker (ConnectionError):
+    `error: <message>` on stderr and exit 1."""
     try:
         yield
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ConnectionError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
 

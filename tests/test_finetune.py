@@ -16,7 +16,7 @@ from tlpipe.paths import Paths
 
 
 class Killed(RuntimeError):
-    """Stands in for a kill: raised from inside model.fit, so nothing after it runs."""
+    """Stands in for a kill: raised from inside the training loop, so nothing after it runs."""
 
 
 def killer(after_steps: int):

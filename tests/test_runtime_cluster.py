@@ -1,5 +1,5 @@
-"""runtime.strategy=multi_worker and TF_CONFIG: who writes the outputs, and the cluster Keras 3
-cannot train on refused up front with a message that says why and what to use instead."""
+"""runtime.strategy=multi_worker and TF_CONFIG: who writes the outputs, and how long a collective
+waits for a lost worker. Two real workers train in tests/test_multi_worker.py."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import json
 
 import pytest
 
-from tests.tiny_project import tiny_params
-from tlpipe.config.params import Params
-from tlpipe.runtime import cluster_size, configure, is_chief
+from tlpipe.runtime import COLLECTIVE_TIMEOUT_SECONDS, cluster_size, collective_timeout, is_chief
 
 
 def tf_config(cluster: dict[str, list[str]], kind: str, index: int) -> str:
@@ -42,9 +40,11 @@ def test_bad_tf_config_names_itself(monkeypatch) -> None:
         is_chief()
 
 
-def test_a_cluster_of_two_workers_is_refused_before_tensorflow_starts(monkeypatch) -> None:
-    p = tiny_params()
-    p["runtime"]["strategy"] = "multi_worker"
-    monkeypatch.setenv("TF_CONFIG", tf_config({"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "worker", 0))
-    with pytest.raises(ValueError, match=r"TF_CONFIG names 2 tasks.*keras-team/keras/issues/20585.*mirrored"):
-        configure(Params.model_validate(p))
+def test_the_collective_timeout_defaults_and_a_bad_override_names_itself(monkeypatch) -> None:
+    monkeypatch.delenv("TLPIPE_COLLECTIVE_TIMEOUT", raising=False)
+    assert collective_timeout() == COLLECTIVE_TIMEOUT_SECONDS
+    monkeypatch.setenv("TLPIPE_COLLECTIVE_TIMEOUT", "30")
+    assert collective_timeout() == 30.0
+    monkeypatch.setenv("TLPIPE_COLLECTIVE_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match=r"TLPIPE_COLLECTIVE_TIMEOUT='soon': expected seconds"):
+        collective_timeout()

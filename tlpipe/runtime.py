@@ -197,7 +197,8 @@ _STRATEGIES: dict[str, Any] = {}
 
 def make_strategy(kind: str) -> Any:
     """none: the default strategy; mirrored: all local GPUs (or all logical CPUs when there is none);
-    multi_worker: the cluster in TF_CONFIG (a single local worker when TF_CONFIG is unset).
+    multi_worker: the cluster in TF_CONFIG (a single local worker when TF_CONFIG is unset), each
+    worker with its local devices.
 
     One strategy per kind and process: a second MirroredStrategy in the same process (two stages
     run in-process one after the other) reuses collective instance keys and its all-reduces fail
@@ -220,29 +221,32 @@ def _new_strategy(kind: str) -> Any:
     if kind == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             log.warning("runtime.strategy=multi_worker without TF_CONFIG: running as a single worker")
-        elif cluster_size() > 1:
-            # Tried with two workers on loopback: Keras 3's fit() fails on the cluster's first
-            # batch (PerReplica values it cannot convert) and, past that, in its metric reduction.
-            raise ValueError(
-                f"runtime.strategy=multi_worker: TF_CONFIG names {cluster_size()} tasks, and Keras "
-                f"{_keras_version()}'s model.fit cannot train across workers "
-                "(https://github.com/keras-team/keras/issues/20585); use runtime.strategy=mirrored "
-                "for the GPUs of one machine, and `flows.compare --deployment` for one experiment per machine"
-            )
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        # Keras 3's fit cannot train across workers (keras-team/keras#20585); the stages' own
+        # distributed step can (tlpipe.training.step). A collective op that waits longer than the
+        # timeout for a peer (a worker lost mid-run) fails instead of hanging the cluster.
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout())
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     raise ValueError(f"runtime.strategy={kind!r}: expected none, mirrored or multi_worker")
+
+
+# How long a collective op (a gradient all-reduce) waits for the other workers before the step
+# fails: longer than anything one worker does alone between two steps (the chief's backups and
+# validation), short enough that a lost worker stops the job. TLPIPE_COLLECTIVE_TIMEOUT overrides.
+COLLECTIVE_TIMEOUT_SECONDS = 600.0
+
+
+def collective_timeout() -> float:
+    raw = os.environ.get("TLPIPE_COLLECTIVE_TIMEOUT")
+    try:
+        return float(raw) if raw else COLLECTIVE_TIMEOUT_SECONDS
+    except ValueError:
+        raise ValueError(f"TLPIPE_COLLECTIVE_TIMEOUT={raw!r}: expected seconds") from None
 
 
 def cluster_size() -> int:
     """How many tasks the TF_CONFIG cluster has (1 without TF_CONFIG)."""
     cluster = _tf_config().get("cluster") or {}
     return max(1, sum(len(tasks) for tasks in cluster.values()))
-
-
-def _keras_version() -> str:
-    import keras
-
-    return str(keras.__version__)
 
 
 def _tf_config() -> dict[str, Any]:
@@ -266,6 +270,12 @@ def is_chief() -> bool:
     if kind == "chief":
         return True
     return kind == "worker" and index == 0 and "chief" not in (config.get("cluster") or {})
+
+
+def task_name() -> str:
+    """This process's task as TensorFlow names it in errors: /job:<type>/replica:0/task:<index>."""
+    task = _tf_config().get("task") or {}
+    return f"/job:{task.get('type', 'worker')}/replica:0/task:{int(task.get('index', 0))}"
 
 
 def float32_policy() -> Any:

@@ -73,12 +73,15 @@ class Backups:
             return None
         # The optimizer's variables must be created under the strategy the model was built in:
         # under MirroredStrategy, outside its scope, building raises "Need to be inside
-        # `with strategy.scope()`" (and `fit` would otherwise build them in it later).
+        # `with strategy.scope()`" (and the training step would otherwise build them in it later).
         with _strategy_scope(model):
             if model.optimizer is not None and not model.optimizer.built:
                 model.optimizer.build(model.trainable_variables)
-            model.load_weights(weights)  # weights and optimizer variables
-            _set_rng_state(model, raw.get("rng", []))
+        # Outside the scope: load_weights creates a throwaway optimizer's variables (iteration,
+        # learning_rate), and under MultiWorkerMirroredStrategy creating a variable in its scope
+        # is a collective broadcast the other workers (which hold no backup) would never join.
+        model.load_weights(weights)  # weights and optimizer variables
+        _set_rng_state(model, raw.get("rng", []))
         return state
 
     def save(self, model: Any, state: LoopState) -> None:
@@ -94,7 +97,8 @@ class Backups:
         os.replace(tmp, self.dir / name)
         state.backup_file = name
         state.key = self.key
-        state.epoch_metrics = [np.asarray(v.numpy()).tolist() for v in model.metrics_variables] if state.step else []
+        if not state.step:  # the loop sets the running totals of a part-trained epoch
+            state.epoch_metrics = []
         payload = {**asdict(state), "rng": _rng_state(model)}
         tmp_json = self.dir / f".tmp-{os.getpid()}.json"
         tmp_json.write_text(json.dumps(payload))
@@ -116,31 +120,6 @@ class Backups:
     def clear(self) -> None:
         if self.enabled:
             shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def restore_epoch_metrics_callback(values: list[list[float]]) -> Any:
-    """A callback adding the running metric sums of a partly trained epoch back in after the first
-    resumed step.
-
-    Not earlier: without a distribution strategy Keras builds the compiled metrics while tracing
-    the first train step. The loss and accuracy metrics are sums and counts, so `saved + first
-    step` is the very float addition an uninterrupted epoch would have made."""
-    import keras
-
-    class RestoreEpochMetrics(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-            if batch != 0:  # batches count from 0 in each fit call, the skipped ones excluded
-                return
-            variables = self.model.metrics_variables
-            if len(variables) != len(values):
-                log.warning(
-                    "not restoring the epoch's running metrics: %d saved, the model has %d", len(values), len(variables)
-                )
-                return
-            for v, value in zip(variables, values, strict=True):
-                v.assign(np.asarray(value, dtype=v.dtype) + np.asarray(v.numpy()))
-
-    return RestoreEpochMetrics()
 
 
 def _strategy_scope(model: Any) -> Any:

@@ -47,7 +47,11 @@ def warmup_cosine(
 
 
 def compile_model(model: Any, optimizer: Any, *, label_smoothing: float, jit_compile: bool) -> None:
-    """One-hot targets, so label smoothing works; the metric is named `accuracy` in every case."""
+    """One-hot targets, so label smoothing works; the metric is named `accuracy` in every case.
+
+    The epoch loop trains with its own distributed step (tlpipe.training.step), not `fit`; compiling
+    still gives the model its optimizer (saved with the weights by the backups), and under
+    mixed_float16 wraps it in Keras's LossScaleOptimizer."""
     import keras
 
     model.compile(

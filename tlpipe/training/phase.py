@@ -80,6 +80,8 @@ def fit(
         early_stopping=p.early_stopping,
         batch_size=p.batch_size,
         phase=phase,
+        label_smoothing=p.label_smoothing,
+        jit_compile=rt.jit_compile,
         backups=backups,
         backup_every_steps=backup_every_steps,
         log_every=log_every,
