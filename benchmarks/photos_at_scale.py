@@ -27,6 +27,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -112,8 +113,10 @@ def bare_pillow(photos: Path, size: int) -> float:
 
 
 def project(root: Path, photos: Path, size: int, steps: int) -> Path:
-    """A scratch project whose params train on `photos` for a few steps."""
-    root.mkdir(parents=True, exist_ok=True)
+    """A scratch project whose params train on `photos` for a few steps (a fresh one: no feature
+    cache or backup of an earlier run)."""
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update({"source": "folder", "path": str(photos), "image_size": size})
     params["data"].pop("sha256", None)
