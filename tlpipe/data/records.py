@@ -274,7 +274,8 @@ class RecordsWriter:
                     }
                 )
             )
-            self._writer.write(example.SerializeToString())
+            # deterministic: a map's keys in sorted order, not in the order of the process's string hashes
+            self._writer.write(example.SerializeToString(deterministic=True))
             self.written += 1
         self.labels.append(np.asarray(y, np.int64))
 
