@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -13,8 +11,9 @@ import numpy as np
 import pytest
 
 from stages import ingest
-from tests.conftest import REPO, synthetic_images
+from tests.conftest import synthetic_images
 from tests.inputs import bad_image, make_cifar_tarball, make_class_tree, save_image, tar_tree
+from tests.test_data_pin import run_ingest
 from tlpipe.config.params import ParamsError, parse_params
 from tlpipe.data.dataset import CIFAR10_CLASSES, load_info, load_split
 from tlpipe.paths import Paths
@@ -263,14 +262,7 @@ def test_params_errors_name_the_key(tmp_path: Path) -> None:
 
 def test_cli_reports_bad_params_and_exits_nonzero(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("seed: 1\nbackbone: mobilenetv2\ndata:\n  sourse: folder\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "stages.ingest"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-        timeout=300,
-    )
+    proc = run_ingest(tmp_path)
     assert proc.returncode == 1
     assert "params.yaml: invalid parameters:" in proc.stderr
     assert "data.sourse: unknown key" in proc.stderr
